@@ -1,0 +1,277 @@
+//! The command line: argument parsing and wiring only; the work is in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use crate::client::ClientConfig;
+use crate::error::{Error, Result};
+use crate::export::{self, ExportOptions, ExportSummary};
+use crate::secret::Webhook;
+use crate::sim::{SimConfig, SimPortal};
+use crate::sink::partition::{PartitionSpec, PARTITION_CHOICES};
+
+#[derive(Parser, Debug)]
+#[command(name = "b24-export", version, about = "Export Bitrix24 CRM leads into typed, hive-partitioned Parquet")]
+pub struct Cli {
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Export every lead (or a filtered subset) into OUT/leads/.
+    Export(ExportArgs),
+    /// Run the simulated portal on 127.0.0.1 until interrupted.
+    Sim(SimArgs),
+    /// Start a simulated portal in-process, export it into ./demo-out and show how to query it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LimitArgs {
+    /// Requests per second the client allows itself (the portal drains 2/s on standard plans, 5/s on enterprise).
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Requests the client may send in a burst (50 standard, 250 enterprise).
+    #[arg(long, default_value_t = 50.0)]
+    pub burst: f64,
+    /// Retries of a transient failure (503, 429, 5xx, timeouts, broken connections) before giving up.
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
+    /// Batch requests in flight at once (each carries up to 50 list calls).
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Inbound webhook URL: https://<portal>/rest/<user id>/<code>/ (the code is never printed).
+    #[arg(long, env = "B24_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook: String,
+    /// Output directory; the dataset is written to OUT/leads/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, status_id.
+    #[arg(long, default_value = "date_create:month")]
+    pub partition_by: String,
+    /// A crm.lead.list filter object, e.g. '{">=DATE_CREATE": "2024-01-01", "!STATUS_ID": "JUNK"}'.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Comma-separated fields to export (ID is always kept), e.g. TITLE,STATUS_ID,OPPORTUNITY,PHONE.
+    #[arg(long, value_delimiter = ',')]
+    pub select: Option<Vec<String>>,
+    /// Replace an existing dataset in OUT/leads (removed once the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Number of leads.
+    #[arg(long, default_value_t = 100_000)]
+    pub leads: usize,
+    /// Port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    /// Seed of the deterministic data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The portal's UTC offset, e.g. +02:00 or -05:00.
+    #[arg(long, default_value = "+02:00", allow_hyphen_values = true)]
+    pub tz_offset: String,
+    /// Leaky bucket size (50 standard, 250 enterprise).
+    #[arg(long, default_value_t = 50.0)]
+    pub burst: f64,
+    /// Leaky bucket drain rate per second (2 standard, 5 enterprise).
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Boolean user fields as JSON true/false instead of "1"/"0".
+    #[arg(long)]
+    pub bool_uf_json: bool,
+    /// Extra latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of leads in the simulated portal.
+    #[arg(long, default_value_t = 100_000)]
+    pub leads: usize,
+    /// Output directory (its leads/ dataset is replaced).
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+    /// Seed of the deterministic data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// `+02:00` → 7200.
+pub fn parse_offset(s: &str) -> Result<i32> {
+    let bad = || Error::Usage(format!("--tz-offset {s:?}: expected ±HH:MM, e.g. +02:00"));
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 14 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+fn parse_filter(raw: Option<&str>) -> Result<Map<String, Value>> {
+    let Some(raw) = raw else { return Ok(Map::new()) };
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::Usage("--filter must be a JSON object, e.g. '{\">=DATE_CREATE\": \"2024-01-01\"}'".into())),
+        Err(e) => Err(Error::Usage(format!("--filter is not valid JSON ({e}); e.g. '{{\"!STATUS_ID\": \"JUNK\"}}'"))),
+    }
+}
+
+fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
+    if !(l.rate > 0.0) || !(l.burst >= 1.0) {
+        return Err(Error::Usage("--rate must be > 0 and --burst >= 1".into()));
+    }
+    if l.concurrency == 0 || l.concurrency > 16 {
+        return Err(Error::Usage("--concurrency must be between 1 and 16".into()));
+    }
+    Ok(ClientConfig {
+        rate: l.rate,
+        burst: l.burst,
+        max_retries: l.max_retries,
+        timeout: Duration::from_secs(l.timeout.max(1)),
+        ..ClientConfig::default()
+    })
+}
+
+/// Validates everything before any request is sent.
+pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
+    let webhook = Webhook::parse(&a.webhook)?;
+    let partition: PartitionSpec = a.partition_by.parse()?;
+    let filter = parse_filter(a.filter.as_deref())?;
+    let select = a.select.as_ref().map(|v| v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>());
+    if select.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err(Error::Usage("--select is empty; name fields like TITLE,STATUS_ID or leave it out for all fields".into()));
+    }
+    let client = client_config(&a.limits)?;
+    Ok(ExportOptions {
+        webhook,
+        out: a.out.clone(),
+        partition,
+        filter,
+        select,
+        client,
+        concurrency: a.limits.concurrency,
+        overwrite: a.overwrite,
+        progress,
+    })
+}
+
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < units.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{x:.1} {}", units[u]) }
+}
+
+pub fn print_summary(s: &ExportSummary) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "exported {} leads into {} — {} files, {}, {} requests, {} retries, {:.1} s (run {})",
+        s.leads,
+        s.dataset.display(),
+        s.files.len(),
+        human_bytes(s.bytes),
+        s.requests,
+        s.retries,
+        s.seconds,
+        s.run_id
+    );
+    if s.replaced > 0 {
+        let _ = writeln!(out, "replaced the previous dataset ({} files removed)", s.replaced);
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Export(a) => {
+            let opts = export_options(&a, !cli.quiet)?;
+            let summary = export::run_export(opts)?;
+            print_summary(&summary);
+            Ok(())
+        }
+        Command::Sim(a) => {
+            let cfg = SimConfig {
+                leads: a.leads,
+                seed: a.seed,
+                offset_secs: parse_offset(&a.tz_offset)?,
+                burst: a.burst,
+                drain_per_sec: a.rate,
+                bool_uf_json: a.bool_uf_json,
+                latency: Duration::from_millis(a.latency_ms),
+                ..SimConfig::default()
+            };
+            let portal = SimPortal::start(cfg, a.port).map_err(|e| Error::Usage(format!("cannot listen on 127.0.0.1:{}: {e}", a.port)))?;
+            println!("simulated portal with {} leads listening on http://{}", a.leads, portal.addr());
+            println!("webhook: {}", portal.webhook_url());
+            println!("try: b24-export export --webhook {} --out ./out", portal.webhook_url());
+            portal.wait();
+            Ok(())
+        }
+        Command::Demo(a) => {
+            let cfg = SimConfig { leads: a.leads, seed: a.seed, ..SimConfig::default() };
+            let portal = SimPortal::start(cfg, 0).map_err(|e| Error::Internal(format!("cannot start the simulated portal: {e}")))?;
+            println!(
+                "simulated portal: {} leads on {} (standard plan limits: burst 50, 2 requests/s)",
+                a.leads,
+                portal.addr()
+            );
+            let opts = ExportOptions {
+                webhook: Webhook::parse(&portal.webhook_url())?,
+                out: a.out.clone(),
+                partition: PartitionSpec::default(),
+                filter: Map::new(),
+                select: None,
+                client: ClientConfig::default(),
+                concurrency: 2,
+                overwrite: true,
+                progress: !cli.quiet,
+            };
+            let summary = export::run_export(opts)?;
+            print_summary(&summary);
+            println!("\nfiles, e.g.:");
+            let mut files: Vec<_> = summary.files.iter().map(|f| &f.path).collect();
+            files.sort();
+            for f in files.iter().take(3) {
+                println!("  {}/{}", summary.dataset.display(), f);
+            }
+            println!("\nquery it with DuckDB (partition: {}):", PARTITION_CHOICES.split(", ").nth(2).unwrap_or(""));
+            println!("  {}", export::duckdb_query(&summary.dataset));
+            println!(
+                "  SELECT date_create_month, status_id, count(*) AS leads, sum(opportunity) AS total\n    FROM read_parquet('{}/**/*.parquet', hive_partitioning = true)\n    GROUP BY ALL ORDER BY ALL LIMIT 10;",
+                summary.dataset.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The portal client: transport (reqwest, JSON POST), the response envelope, retries with backoff and jitter,
+//! the client-side leaky bucket, and `batch`.
+//!
+//! Nothing here formats the method URL into a message: it carries the webhook code.
+
+pub mod limiter;
+pub mod php_query;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::PortalError;
+use crate::secret::{redact, Webhook};
+use limiter::LeakyBucket;
+
+/// Tunables of the client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Requests per second the bucket drains (portal: 2 standard, 5 enterprise).
+    pub rate: f64,
+    /// Bucket size (portal: 50 standard, 250 enterprise).
+    pub burst: f64,
+    /// Retries of a transient failure before giving up.
+    pub max_retries: u32,
+    /// Per-request timeout (the cloud cuts requests at 60 s).
+    pub timeout: Duration,
+    /// First backoff delay; doubles per attempt, with jitter, up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            rate: 2.0,
+            burst: 50.0,
+            max_retries: 8,
+            timeout: Duration::from_secs(90),
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the client did, for progress and the summary.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// A success envelope: `{"result": …, "next": n, "total": n, "time": {…}}`.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub result: Value,
+    pub next: Option<u64>,
+    pub total: Option<u64>,
+    pub time: Option<Value>,
+}
+
+/// The outcome of one `batch` request: per-command results and errors.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub results: HashMap<String, Value>,
+    /// command key → (error code, description)
+    pub errors: HashMap<String, (String, String)>,
+}
+
+pub struct PortalClient {
+    http: reqwest::Client,
+    webhook: Webhook,
+    bucket: LeakyBucket,
+    cfg: ClientConfig,
+    stats: Arc<ClientStats>,
+}
+
+/// How one failed attempt should be handled.
+enum Failure {
+    /// Worth another attempt.
+    Transient(String),
+    /// The portal's bucket is full: re-sync ours, then retry.
+    RateLimited(String),
+    /// Give up now.
+    Fatal(PortalError),
+}
+
+fn is_auth_code(code: &str) -> bool {
+    matches!(
+        code,
+        "NO_AUTH_FOUND" | "INVALID_CREDENTIALS" | "expired_token" | "invalid_token" | "WRONG_AUTH_TYPE" | "AUTH_ERROR"
+    )
+}
+
+/// Codes that mean "not allowed", whatever the status.
+fn is_permission(code: &str, description: &str) -> bool {
+    matches!(code, "ACCESS_DENIED" | "insufficient_scope" | "user_access_error" | "allowed_only_intranet_user" | "PORTAL_DELETED")
+        || description.trim_end_matches('.').eq_ignore_ascii_case("Access denied")
+}
+
+/// Is a per-command or top-level error code worth retrying?
+pub fn is_transient_code(code: &str) -> bool {
+    matches!(code, "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER")
+}
+
+/// Turns a portal error body into the typed error, or says it is transient.
+pub fn classify_api_error(method: &str, status: u16, code: &str, description: &str, attempts: u32) -> Option<PortalError> {
+    let (m, c, d) = (method.to_string(), code.to_string(), redact(description));
+    if status == 401 || is_auth_code(code) {
+        return Some(PortalError::Auth { method: m, status, code: c, description: d });
+    }
+    if status == 403 || is_permission(code, description) {
+        return Some(PortalError::Permission { method: m, status, code: c, description: d });
+    }
+    if is_transient_code(code) || (status >= 500 && code != "OVERLOAD_LIMIT") {
+        return None;
+    }
+    Some(PortalError::Api { method: m, status, code: c, description: d, attempts })
+}
+
+impl PortalClient {
+    pub fn new(webhook: Webhook, cfg: ClientConfig, stats: Arc<ClientStats>) -> Result<Self, PortalError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("b24-export/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PortalError::Transport { method: "-".into(), message: redact(&e.without_url().to_string()), attempts: 0 })?;
+        Ok(PortalClient { bucket: LeakyBucket::new(cfg.rate, cfg.burst), http, webhook, cfg, stats })
+    }
+
+    pub fn webhook(&self) -> &Webhook {
+        &self.webhook
+    }
+
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.cfg.base_backoff.as_secs_f64() * 2f64.powi(attempt.min(16) as i32);
+        let capped = exp.min(self.cfg.max_backoff.as_secs_f64());
+        Duration::from_secs_f64(capped * (0.5 + 0.5 * fastrand::f64()))
+    }
+
+    /// One attempt: send, read, parse.
+    async fn attempt(&self, method: &str, body: &[u8], attempts: u32) -> Result<Envelope, Failure> {
+        self.bucket.acquire().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .http
+            .post(self.webhook.method_url(method))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
+        let parsed: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        };
+        let Some(mut obj) = parsed else {
+            let what = format!("HTTP {status} with a body that is not a JSON object ({} bytes)", bytes.len());
+            if status >= 500 || status == 200 {
+                return Err(Failure::Transient(what)); // e.g. a truncated body: never an empty page
+            }
+            return Err(Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: what }));
+        };
+        if let Some(code) = obj.get("error") {
+            let code = code.as_str().map(str::to_string).unwrap_or_else(|| code.to_string());
+            let desc = obj.get("error_description").and_then(Value::as_str).unwrap_or("").to_string();
+            if code == "QUERY_LIMIT_EXCEEDED" {
+                return Err(Failure::RateLimited(format!("{code} ({desc}) [HTTP {status}]")));
+            }
+            return match classify_api_error(method, status, &code, &desc, attempts) {
+                Some(e) => Err(Failure::Fatal(e)),
+                None => Err(Failure::Transient(format!("{code} ({}) [HTTP {status}]", redact(&desc)))),
+            };
+        }
+        if !(200..300).contains(&status) {
+            let what = format!("unexpected HTTP {status} without an error code");
+            return Err(if status >= 500 { Failure::Transient(what) } else {
+                Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: what })
+            });
+        }
+        let Some(result) = obj.remove("result") else {
+            return Err(Failure::Transient(format!("HTTP {status} without `result`")));
+        };
+        Ok(Envelope {
+            result,
+            next: obj.get("next").and_then(Value::as_u64),
+            total: obj.get("total").and_then(Value::as_u64),
+            time: obj.remove("time"),
+        })
+    }
+
+    /// Calls a REST method with a JSON body, retrying transient failures.
+    pub async fn call(&self, method: &str, params: &Value) -> Result<Envelope, PortalError> {
+        let body = serde_json::to_vec(params).expect("serializable params");
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let reason = match self.attempt(method, &body, attempts).await {
+                Ok(env) => return Ok(env),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::RateLimited(r)) => {
+                    self.bucket.saturate();
+                    r
+                }
+                Err(Failure::Transient(r)) => r,
+            };
+            if attempts > self.cfg.max_retries {
+                return Err(PortalError::Transport { method: method.into(), message: format!("gave up: {reason}"), attempts });
+            }
+            let delay = self.backoff(attempts - 1);
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("{method}: {reason}; retry {attempts}/{} in {:.1}s", self.cfg.max_retries, delay.as_secs_f64());
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Sends up to 50 commands (`key`, `method?query`) in one `batch` request (`halt=0`).
+    pub async fn batch(&self, cmds: &[(String, String)]) -> Result<BatchOutcome, PortalError> {
+        debug_assert!(cmds.len() <= 50);
+        let cmd: Map<String, Value> = cmds.iter().map(|(k, c)| (k.clone(), Value::String(c.clone()))).collect();
+        let params = serde_json::json!({"halt": 0, "cmd": cmd});
+        let env = self.call("batch", &params).await?;
+        let mut out = BatchOutcome::default();
+        let Value::Object(mut inner) = env.result else {
+            return Err(PortalError::Protocol { method: "batch".into(), status: 200, message: "`result` is not an object".into() });
+        };
+        // PHP serializes empty maps as [] — only objects carry entries
+        if let Some(Value::Object(m)) = inner.remove("result") {
+            out.results.extend(m);
+        }
+        if let Some(Value::Object(m)) = inner.remove("result_error") {
+            for (k, e) in m {
+                let code = e.get("error").map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).unwrap_or_default();
+                let desc = e.get("error_description").and_then(Value::as_str).unwrap_or("").to_string();
+                out.errors.insert(k, (code, desc));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A transport error without the URL (which carries the webhook code).
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while reading the response"
+    } else {
+        "request failed"
+    };
+    let mut msg = kind.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    redact(&msg)
+}

@@ -1,0 +1,207 @@
+//! The export pipeline: portal → pages → record batches → Parquet files.
+//!
+//! Fetching runs on a small tokio runtime; conversion and Parquet encoding run on two plain threads, joined by
+//! bounded channels, so a slow disk slows the fetch instead of filling memory.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use serde_json::{json, Map, Value};
+
+use crate::client::{ClientConfig, ClientStats, PortalClient};
+use crate::error::{Error, Result};
+use crate::plan::{self, FetchSpec, Page};
+use crate::progress::Progress;
+use crate::schema;
+use crate::secret::Webhook;
+use crate::sink::partition::PartitionSpec;
+use crate::sink::{self, DatasetWriter, FileInfo, SinkConfig};
+
+/// Everything an export needs.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub webhook: Webhook,
+    /// The output root; the dataset goes to `OUT/leads`.
+    pub out: PathBuf,
+    pub partition: PartitionSpec,
+    /// A `crm.lead.list` filter object, combined with the cursor's own conditions.
+    pub filter: Map<String, Value>,
+    /// Fields to export (`None` = all); ID is always kept.
+    pub select: Option<Vec<String>>,
+    pub client: ClientConfig,
+    /// Batch requests in flight at once.
+    pub concurrency: usize,
+    /// Replace an existing dataset (its files are removed after the new one is complete).
+    pub overwrite: bool,
+    /// Show progress (a bar on a terminal, log lines otherwise).
+    pub progress: bool,
+}
+
+/// What an export did.
+#[derive(Debug)]
+pub struct ExportSummary {
+    pub dataset: PathBuf,
+    pub run_id: String,
+    pub leads: u64,
+    pub files: Vec<FileInfo>,
+    pub bytes: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub seconds: f64,
+    /// Files of a previous dataset removed by `--overwrite`.
+    pub replaced: usize,
+}
+
+pub const DATASET: &str = "leads";
+
+fn new_run_id() -> String {
+    format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), fastrand::u16(..))
+}
+
+/// Checks the output before any request: the dataset must not exist (unless overwriting) and must be writable.
+fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let dataset = opts.out.join(DATASET);
+    let existing = sink::list_dataset_files(&dataset)?;
+    let published = existing.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
+    if published > 0 && !opts.overwrite {
+        return Err(Error::Usage(format!(
+            "{} already holds a dataset ({published} Parquet files); pass --overwrite to replace it, or choose another --out",
+            dataset.display()
+        )));
+    }
+    std::fs::create_dir_all(&dataset).map_err(|e| Error::io(&dataset, e))?;
+    let probe = dataset.join(".b24-export-write-check");
+    std::fs::write(&probe, b"ok").map_err(|e| Error::io(&probe, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok((dataset, existing))
+}
+
+/// Runs a whole export. Blocking: it owns its runtime and threads.
+pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
+    let started = Instant::now();
+    let (dataset, previous) = prepare_output(&opts)?;
+    let run_id = new_run_id();
+    let stats = Arc::new(ClientStats::default());
+    let client = Arc::new(PortalClient::new(opts.webhook.clone(), opts.client.clone(), stats.clone())?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+
+    // 1. field metadata → columns
+    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.result;
+    schema::check_filter(&opts.filter, &meta)?;
+    let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    let cols = schema::build_columns(&meta, opts.select.as_deref(), &required)?;
+    for r in &required {
+        if !cols.iter().any(|c| c.source == *r) {
+            return Err(Error::Usage(format!("--partition-by needs the field {r}, which the portal does not list")));
+        }
+    }
+    let arrow_schema = schema::arrow_schema(&cols);
+    let spec = Arc::new(FetchSpec {
+        method: "crm.lead.list".into(),
+        select: schema::request_select(&cols, opts.select.is_none()),
+        filter: opts.filter.clone(),
+        concurrency: opts.concurrency,
+        max_retries: opts.client.max_retries,
+    });
+    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", opts.webhook, dataset.display(), cols.len());
+
+    // 2. pipeline threads: convert → write
+    let progress = Progress::new(stats.clone(), opts.progress);
+    let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(4);
+    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<RecordBatch>(4);
+    let conv_schema = arrow_schema.clone();
+    let converter = std::thread::Builder::new()
+        .name("convert".into())
+        .spawn(move || -> Result<()> {
+            while let Some(page) = page_rx.blocking_recv() {
+                let batch = crate::convert::convert_rows(&page.rows, &cols, &conv_schema)?;
+                if batch_tx.send(batch).is_err() {
+                    break; // the writer failed; it reports why
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+    let sink_cfg = SinkConfig::new(dataset.clone(), run_id.clone(), opts.partition.clone());
+    let writer_progress = progress.clone();
+    let writer_schema = arrow_schema.clone();
+    let writer = std::thread::Builder::new()
+        .name("write".into())
+        .spawn(move || -> Result<Vec<FileInfo>> {
+            let mut w = DatasetWriter::new(sink_cfg, &writer_schema)?;
+            for batch in batch_rx {
+                if let Err(e) = w.write(&batch) {
+                    w.abort();
+                    return Err(e);
+                }
+                writer_progress.add_written(batch.num_rows() as u64);
+            }
+            w.finish()
+        })
+        .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+
+    // 3. fetch
+    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, page_tx, progress.clone()));
+    let converted = converter.join().unwrap_or_else(|_| Err(Error::Internal("the converter panicked".into())));
+    let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
+    progress.finish();
+    let outcome = match (fetched, converted, written) {
+        (Ok(n), Ok(()), Ok(files)) => Ok((n, files)),
+        // a conversion or write error closes the channels, so it explains a fetch that "stopped"
+        (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        (Err(e), _, _) => Err(e),
+    };
+    let (leads, files) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            remove_run_files(&dataset, &run_id);
+            return Err(e);
+        }
+    };
+    let written_rows: u64 = files.iter().map(|f| f.rows).sum();
+    if written_rows != leads {
+        remove_run_files(&dataset, &run_id);
+        return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
+    }
+
+    // 4. the new dataset is complete: remove the one it replaces
+    let replaced = previous.len();
+    sink::remove_files(&dataset, &previous)?;
+    Ok(ExportSummary {
+        dataset,
+        run_id,
+        leads,
+        bytes: files.iter().map(|f| f.bytes).sum(),
+        files,
+        requests: stats.requests.load(Ordering::Relaxed),
+        retries: stats.retries.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        replaced,
+    })
+}
+
+/// Best-effort removal of a failed run's files, so a failed run leaves the previous dataset as it was.
+fn remove_run_files(dataset: &std::path::Path, run_id: &str) {
+    if let Ok(files) = sink::list_dataset_files(dataset) {
+        let ours: Vec<PathBuf> = files
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(run_id)))
+            .collect();
+        let _ = sink::remove_files(dataset, &ours);
+    }
+}
+
+/// A DuckDB query that reads the dataset.
+pub fn duckdb_query(dataset: &std::path::Path) -> String {
+    format!(
+        "SELECT count(*) FROM read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true);",
+        dataset.display().to_string().replace('\'', "''")
+    )
+}

@@ -1,0 +1,17 @@
+//! b24-export: Bitrix24 CRM → typed, hive-partitioned Parquet.
+//!
+//! Data flows one way: [`client`] (portal transport) → [`plan`] (ID-cursor pages) → [`convert`]
+//! (JSON → Arrow, typed by [`schema`]) → [`sink`] (partitioned Parquet files). [`export`] wires the stages,
+//! [`sim`] is the simulated portal used by the demo and the tests.
+
+pub mod cli;
+pub mod client;
+pub mod convert;
+pub mod error;
+pub mod export;
+pub mod plan;
+pub mod progress;
+pub mod schema;
+pub mod secret;
+pub mod sim;
+pub mod sink;

@@ -1,0 +1,51 @@
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use b24_export::cli::{run, Cli};
+use b24_export::secret::{install_panic_redaction, redact};
+
+/// A stderr writer that redacts registered secrets from every log line.
+struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingStderr
+    }
+}
+
+fn main() -> ExitCode {
+    install_panic_redaction();
+    let cli = Cli::parse();
+    let default = if cli.quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("B24_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(RedactingStderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let kind = e.exit_kind();
+            eprintln!("error: {}", redact(&e.to_string()));
+            ExitCode::from(kind as u8)
+        }
+    }
+}

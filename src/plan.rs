@@ -1,0 +1,281 @@
+//! Fetch planning: the ID space split into disjoint ranges, one exact ID cursor per range
+//! (`>ID last`, `<ID hi`, `order ID ASC`, `start=-1`), up to 50 cursor steps packed into each `batch` request,
+//! several requests in flight. Never offsets: they drift when leads change and cost a COUNT per page.
+//!
+//! Exactly-once: ranges never overlap, a range only moves its cursor past rows it has received, and a range is
+//! split only while no request for it is in flight.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::client::{classify_api_error, is_transient_code, php_query, BatchOutcome, PortalClient};
+use crate::error::{PortalError, Result};
+use crate::progress::Progress;
+
+/// Page size of every Bitrix list method.
+pub const PAGE: usize = 50;
+/// Commands per batch request.
+pub const BATCH: usize = 50;
+
+/// What to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchSpec {
+    /// The list method, e.g. `crm.lead.list`.
+    pub method: String,
+    /// `select` sent to the portal.
+    pub select: Vec<String>,
+    /// The user's filter; combined with the cursor's own ID conditions.
+    pub filter: Map<String, Value>,
+    /// Batch requests in flight at once.
+    pub concurrency: usize,
+    /// Retries of one cursor step that failed inside a batch.
+    pub max_retries: u32,
+}
+
+/// A batch of fetched records, in no particular order.
+pub struct Page {
+    pub rows: Vec<Value>,
+}
+
+#[derive(Debug, Clone)]
+struct Range {
+    /// Cursor: the next rows have ID > last.
+    last: i64,
+    /// Exclusive upper bound.
+    hi: i64,
+    busy: bool,
+    failures: u32,
+}
+
+impl Range {
+    fn span(&self) -> i64 {
+        self.hi - self.last - 1
+    }
+}
+
+fn list_params(spec: &FetchSpec, extra: &[(&str, Value)], order: &str, select: &[String]) -> Map<String, Value> {
+    let mut filter = spec.filter.clone();
+    for (k, v) in extra {
+        filter.insert((*k).to_string(), v.clone());
+    }
+    let mut p = Map::new();
+    p.insert("order".into(), json!({"ID": order}));
+    p.insert("filter".into(), Value::Object(filter));
+    p.insert("select".into(), json!(select));
+    p.insert("start".into(), json!(-1));
+    p
+}
+
+fn command(spec: &FetchSpec, params: &Map<String, Value>) -> String {
+    format!("{}?{}", spec.method, php_query::encode(params))
+}
+
+fn record_id(row: &Value) -> Option<i64> {
+    match row.get("ID")? {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+fn rows_of(method: &str, key: &str, v: Value) -> Result<Vec<Value>, PortalError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(PortalError::Protocol {
+            method: method.into(),
+            status: 200,
+            message: format!("command {key}: expected a list of records, got {}", kind_of(&other)),
+        }),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Lowest and highest ID matching the user's filter, in one batch request. `None` when nothing matches.
+async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<(i64, i64)>, PortalError> {
+    let id_only = vec!["ID".to_string()];
+    let cmds = vec![
+        ("min".to_string(), command(spec, &list_params(spec, &[], "ASC", &id_only))),
+        ("max".to_string(), command(spec, &list_params(spec, &[], "DESC", &id_only))),
+    ];
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut out = client.batch(&cmds).await?;
+        if let Some(e) = fatal_error(spec, &out, attempts) {
+            return Err(e);
+        }
+        let (Some(min), Some(max)) = (out.results.remove("min"), out.results.remove("max")) else {
+            if attempts > spec.max_retries {
+                return Err(PortalError::Transport { method: spec.method.clone(), message: "the ID probe kept failing".into(), attempts });
+            }
+            client.stats().retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(500 * attempts as u64)).await;
+            continue;
+        };
+        let min = rows_of(&spec.method, "min", min)?;
+        let max = rows_of(&spec.method, "max", max)?;
+        return match (min.first().and_then(record_id), max.first().and_then(record_id)) {
+            (Some(lo), Some(hi)) if lo <= hi => Ok(Some((lo, hi))),
+            (None, None) => Ok(None),
+            _ => Err(PortalError::Protocol { method: spec.method.clone(), status: 200, message: "the ID probe returned records without a usable ID".into() }),
+        };
+    }
+}
+
+/// The first non-transient per-command error, if any.
+fn fatal_error(spec: &FetchSpec, out: &BatchOutcome, attempts: u32) -> Option<PortalError> {
+    out.errors.values().find_map(|(code, desc)| {
+        if is_transient_code(code) {
+            return None;
+        }
+        classify_api_error(&spec.method, 400, code, desc, attempts)
+    })
+}
+
+/// The open ranges, under stable keys (requests in flight refer to them by key).
+#[derive(Default)]
+struct Ranges {
+    map: std::collections::BTreeMap<usize, Range>,
+    next_key: usize,
+}
+
+impl Ranges {
+    fn insert(&mut self, r: Range) {
+        self.map.insert(self.next_key, r);
+        self.next_key += 1;
+    }
+
+    /// Splits idle ranges until there are `want` idle ones or none is worth splitting.
+    fn refill(&mut self, want: usize) {
+        loop {
+            if self.map.values().filter(|r| !r.busy).count() >= want {
+                return;
+            }
+            let Some((&k, widest)) = self.map.iter().filter(|(_, r)| !r.busy).max_by_key(|(_, r)| r.span()) else { return };
+            if widest.span() < 2 * PAGE as i64 {
+                return; // too narrow: at most a couple of pages left
+            }
+            let mid = widest.last + 1 + widest.span() / 2;
+            let upper = Range { last: mid - 1, hi: widest.hi, busy: false, failures: 0 };
+            self.map.get_mut(&k).expect("present").hi = mid;
+            self.insert(upper);
+        }
+    }
+}
+
+/// Fetches every record matching `spec` and sends them downstream in pages.
+/// Returns the number of records fetched.
+pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc::Sender<Page>, progress: Arc<Progress>) -> Result<u64> {
+    let Some((lo, hi)) = probe(&client, &spec).await? else {
+        return Ok(0);
+    };
+    let concurrency = spec.concurrency.max(1);
+    let mut ranges = Ranges::default();
+    ranges.insert(Range { last: lo - 1, hi: hi + 1, busy: false, failures: 0 });
+    ranges.refill(BATCH * concurrency);
+    let mut inflight: JoinSet<(Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>)> = JoinSet::new();
+    let mut fetched = 0u64;
+    loop {
+        // launch requests while there is room and idle work
+        while inflight.len() < concurrency {
+            ranges.refill(BATCH);
+            let picked: Vec<usize> = ranges.map.iter().filter(|(_, r)| !r.busy).map(|(k, _)| *k).take(BATCH).collect();
+            if picked.is_empty() {
+                break;
+            }
+            let mut cmds = Vec::with_capacity(picked.len());
+            let mut snapshot = Vec::with_capacity(picked.len());
+            for &i in &picked {
+                let r = ranges.map.get_mut(&i).expect("picked");
+                r.busy = true;
+                let params = list_params(&spec, &[(">ID", json!(r.last)), ("<ID", json!(r.hi))], "ASC", &spec.select);
+                cmds.push((format!("r{i}"), command(&spec, &params)));
+                snapshot.push(r.clone());
+            }
+            let client = client.clone();
+            inflight.spawn(async move {
+                let out = client.batch(&cmds).await;
+                (picked, snapshot, out)
+            });
+        }
+        let Some(joined) = inflight.join_next().await else { break };
+        let (picked, snapshot, out) = joined.map_err(|e| crate::error::Error::Internal(format!("fetch task failed: {e}")))?;
+        let mut out = out?;
+        if let Some(e) = fatal_error(&spec, &out, 1) {
+            return Err(e.into());
+        }
+        let mut rows_out = Vec::new();
+        for (&i, sent) in picked.iter().zip(&snapshot) {
+            let key = format!("r{i}");
+            let r = ranges.map.get_mut(&i).expect("in flight");
+            r.busy = false;
+            let Some(res) = out.results.remove(&key) else {
+                // failed transiently (or silently dropped): the same step goes again
+                r.failures += 1;
+                client.stats().retries.fetch_add(1, Ordering::Relaxed);
+                if r.failures > spec.max_retries {
+                    let why = out.errors.get(&key).map(|(c, d)| format!("{c} ({d})")).unwrap_or_else(|| "no result".into());
+                    return Err(PortalError::Transport {
+                        method: spec.method.clone(),
+                        message: format!("cursor step for IDs ({}, {}) kept failing: {why}", sent.last, sent.hi),
+                        attempts: r.failures,
+                    }
+                    .into());
+                }
+                continue;
+            };
+            r.failures = 0;
+            let rows = rows_of(&spec.method, &key, res)?;
+            let mut last = sent.last;
+            for row in &rows {
+                let id = record_id(row).ok_or_else(|| PortalError::Protocol {
+                    method: spec.method.clone(),
+                    status: 200,
+                    message: format!("a record without a numeric ID: {}", crate::secret::redact(&truncate(&row.to_string(), 200))),
+                })?;
+                if id <= last || id >= sent.hi {
+                    return Err(PortalError::Protocol {
+                        method: spec.method.clone(),
+                        status: 200,
+                        message: format!(
+                            "lead {id} is outside the requested cursor range ({last}, {}) or out of order; the portal ignored the ID filter or order",
+                            sent.hi
+                        ),
+                    }
+                    .into());
+                }
+                last = id;
+            }
+            if rows.len() < PAGE {
+                ranges.map.remove(&i); // a short page ends the cursor: the range is exhausted
+            } else {
+                r.last = last;
+            }
+            rows_out.extend(rows);
+        }
+        fetched += rows_out.len() as u64;
+        progress.add_leads(rows_out.len() as u64);
+        if !rows_out.is_empty() && tx.send(Page { rows: rows_out }).await.is_err() {
+            return Err(crate::error::Error::Internal("the converter stopped".into()));
+        }
+    }
+    Ok(fetched)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

@@ -1,0 +1,285 @@
+//! Schema: field metadata from `crm.lead.fields` plus the declared mapping in `schemas/lead.json` → the
+//! columns of the dataset and their Arrow types.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// How a Bitrix value becomes an Arrow value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `"123"` → Int64.
+    Int64,
+    /// `"12.5"` → Float64.
+    Float64,
+    /// `"15000.00"` → Decimal128(18,2), exact.
+    Decimal,
+    /// `Y`/`N`, `1`/`0`, `true`/`false` → Boolean.
+    Bool,
+    /// ISO 8601 with offset → Timestamp(µs, UTC); `""` → null.
+    Timestamp,
+    /// Midnight UTC written in the portal's offset → Date32 of the UTC date; `""` → null.
+    Date,
+    /// Text; numbers keep their JSON text; objects/arrays become JSON text.
+    Utf8,
+    /// `[{ID, VALUE_TYPE, VALUE, TYPE_ID}]` → List<Struct<id, value_type, value, type_id>>; absent → [].
+    Multifield,
+    /// UF money `"100.50|USD"` → Struct<amount Decimal128(18,2), currency Utf8>.
+    Money,
+    /// UF file `{id, showUrl, downloadUrl}` → Struct<id Int64, show_url Utf8> (the download URL carries an
+    /// `auth=` token and is never written).
+    File,
+    /// A multiple field: `false`, `[]` and null → [].
+    List(Box<Kind>),
+}
+
+pub const DECIMAL_PRECISION: u8 = 18;
+pub const DECIMAL_SCALE: i8 = 2;
+
+impl Kind {
+    fn parse_declared(s: &str) -> Option<Kind> {
+        Some(match s {
+            "int64" => Kind::Int64,
+            "float64" => Kind::Float64,
+            "decimal(18,2)" => Kind::Decimal,
+            "boolean" => Kind::Bool,
+            "timestamp_utc" => Kind::Timestamp,
+            "date32" => Kind::Date,
+            "utf8" => Kind::Utf8,
+            "multifield" => Kind::Multifield,
+            "list<int64>" => Kind::List(Box::new(Kind::Int64)),
+            _ => return None,
+        })
+    }
+
+    pub fn data_type(&self) -> DataType {
+        match self {
+            Kind::Int64 => DataType::Int64,
+            Kind::Float64 => DataType::Float64,
+            Kind::Decimal => DataType::Decimal128(DECIMAL_PRECISION, DECIMAL_SCALE),
+            Kind::Bool => DataType::Boolean,
+            Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::Date => DataType::Date32,
+            Kind::Utf8 => DataType::Utf8,
+            Kind::Multifield => DataType::List(Arc::new(Field::new("element", DataType::Struct(multifield_fields()), false))),
+            Kind::Money => DataType::Struct(money_fields()),
+            Kind::File => DataType::Struct(file_fields()),
+            Kind::List(inner) => DataType::List(Arc::new(Field::new("element", inner.data_type(), true))),
+        }
+    }
+
+    /// Whether the column can hold nulls (lists never do: "none" is an empty list).
+    pub fn nullable(&self) -> bool {
+        !matches!(self, Kind::Multifield | Kind::List(_))
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Kind::Int64 => "an integer",
+            Kind::Float64 => "a number",
+            Kind::Decimal => "a decimal with at most 2 fraction digits",
+            Kind::Bool => "a Y/N flag",
+            Kind::Timestamp => "an ISO 8601 date-time",
+            Kind::Date => "an ISO 8601 date",
+            Kind::Utf8 => "text",
+            Kind::Multifield => "a list of multi-field values",
+            Kind::Money => "money as \"amount|CURRENCY\"",
+            Kind::File => "a file object",
+            Kind::List(_) => "a list",
+        }
+    }
+}
+
+pub fn multifield_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("value_type", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("type_id", DataType::Utf8, true),
+    ])
+}
+
+pub fn money_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("amount", DataType::Decimal128(DECIMAL_PRECISION, DECIMAL_SCALE), true),
+        Field::new("currency", DataType::Utf8, true),
+    ])
+}
+
+pub fn file_fields() -> Fields {
+    Fields::from(vec![Field::new("id", DataType::Int64, true), Field::new("show_url", DataType::Utf8, true)])
+}
+
+/// One output column.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// The portal's field name, e.g. `DATE_CREATE`.
+    pub source: String,
+    /// The column name, e.g. `date_create`.
+    pub name: String,
+    pub kind: Kind,
+    /// The portal's field type, e.g. `datetime`.
+    pub bitrix_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeclaredField {
+    name: String,
+    arrow: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Declared {
+    fields: Vec<DeclaredField>,
+}
+
+/// The checked-in mapping of standard lead fields (`schemas/lead.json`), embedded in the binary.
+pub const LEAD_MAPPING: &str = include_str!("../schemas/lead.json");
+
+fn declared_kind(mapping: &Declared, name: &str) -> Option<Kind> {
+    mapping.fields.iter().find(|f| f.name == name).and_then(|f| Kind::parse_declared(&f.arrow))
+}
+
+/// The type of a field the mapping does not declare, from its Bitrix type.
+pub fn kind_for_type(bitrix_type: &str, multiple: bool, user_field: bool) -> Kind {
+    let scalar = match bitrix_type {
+        "integer" | "user" | "crm_company" | "crm_contact" | "employee" | "enumeration" => Kind::Int64,
+        "double" => Kind::Float64,
+        "char" | "boolean" => Kind::Bool,
+        "datetime" => Kind::Timestamp,
+        "date" => Kind::Date,
+        "crm_multifield" => return Kind::Multifield,
+        "money" if user_field => Kind::Money,
+        "file" if user_field => Kind::File,
+        _ => Kind::Utf8,
+    };
+    if multiple {
+        Kind::List(Box::new(scalar))
+    } else {
+        scalar
+    }
+}
+
+/// Lower snake case of a Bitrix field name (`UF_CRM_1704817278` → `uf_crm_1704817278`).
+pub fn column_name(field: &str) -> String {
+    field.to_ascii_lowercase()
+}
+
+/// Builds the columns from the portal's field metadata (the `result` of `crm.lead.fields`), in the portal's
+/// order. `select`: the fields the user asked for (`None` = all); ID is always kept.
+pub fn build_columns(meta: &Value, select: Option<&[String]>, required: &[&str]) -> Result<Vec<Column>> {
+    let mapping: Declared = serde_json::from_str(LEAD_MAPPING).map_err(|e| Error::Internal(format!("schemas/lead.json: {e}")))?;
+    let Value::Object(fields) = meta else {
+        return Err(Error::Internal("crm.lead.fields did not return an object".into()));
+    };
+    if let Some(sel) = select {
+        let unknown: Vec<&String> = sel.iter().filter(|s| !fields.keys().any(|k| k.eq_ignore_ascii_case(s))).collect();
+        if !unknown.is_empty() {
+            return Err(Error::Usage(format!(
+                "--select names fields the portal does not have: {}; see `crm.lead.fields` for the field names",
+                unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let wanted = |name: &str| match select {
+        None => true,
+        Some(sel) => name == "ID" || required.contains(&name) || sel.iter().any(|s| s.eq_ignore_ascii_case(name)),
+    };
+    let mut cols = Vec::new();
+    for (name, info) in fields {
+        if !wanted(name) {
+            continue;
+        }
+        let info: &Map<String, Value> = match info {
+            Value::Object(m) => m,
+            _ => continue,
+        };
+        let bitrix_type = info.get("type").and_then(Value::as_str).unwrap_or("string").to_string();
+        let multiple = info.get("isMultiple").and_then(Value::as_bool).unwrap_or(false);
+        let user_field = name.starts_with("UF_");
+        let kind = if user_field {
+            kind_for_type(&bitrix_type, multiple, true)
+        } else {
+            declared_kind(&mapping, name).unwrap_or_else(|| kind_for_type(&bitrix_type, multiple, false))
+        };
+        cols.push(Column { source: name.clone(), name: column_name(name), kind, bitrix_type });
+    }
+    if !cols.iter().any(|c| c.source == "ID") {
+        return Err(Error::Internal("crm.lead.fields does not list ID".into()));
+    }
+    Ok(cols)
+}
+
+/// The `select` to send: masks for "everything", explicit names otherwise (multi-fields are returned only
+/// when named explicitly).
+pub fn request_select(cols: &[Column], all: bool) -> Vec<String> {
+    if all {
+        let mut s = vec!["*".to_string(), "UF_*".to_string()];
+        s.extend(cols.iter().filter(|c| c.kind == Kind::Multifield).map(|c| c.source.clone()));
+        s
+    } else {
+        cols.iter().map(|c| c.source.clone()).collect()
+    }
+}
+
+pub fn arrow_schema(cols: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(
+        cols.iter().map(|c| Field::new(&c.name, c.kind.data_type(), c.kind.nullable())).collect::<Vec<_>>(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_parses_and_covers_types() {
+        let d: Declared = serde_json::from_str(LEAD_MAPPING).unwrap();
+        assert!(d.fields.len() > 50);
+        for f in &d.fields {
+            assert!(Kind::parse_declared(&f.arrow).is_some(), "{}: {}", f.name, f.arrow);
+        }
+        assert_eq!(declared_kind(&d, "OPPORTUNITY"), Some(Kind::Decimal));
+    }
+
+    #[test]
+    fn columns_from_simulated_metadata() {
+        let meta = crate::sim::data::fields_metadata();
+        let cols = build_columns(&meta, None, &[]).unwrap();
+        let k = |n: &str| cols.iter().find(|c| c.source == n).unwrap().kind.clone();
+        assert_eq!(k("ID"), Kind::Int64);
+        assert_eq!(k("DATE_CREATE"), Kind::Timestamp);
+        assert_eq!(k("UF_CRM_1710000000005"), Kind::Money);
+        assert_eq!(k("UF_CRM_1710000000010"), Kind::List(Box::new(Kind::Int64)));
+        assert_eq!(k("PHONE"), Kind::Multifield);
+        let sel = vec!["title".to_string()];
+        let cols = build_columns(&meta, Some(&sel), &["DATE_CREATE"]).unwrap();
+        assert_eq!(cols.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "title", "date_create"]);
+        let bad = vec!["NOPE".to_string()];
+        assert!(matches!(build_columns(&meta, Some(&bad), &[]), Err(Error::Usage(_))));
+    }
+}
+
+/// The field a `crm.lead.list` filter key applies to (`>=DATE_CREATE` → `DATE_CREATE`).
+pub fn filter_field(key: &str) -> &str {
+    const PREFIXES: &[&str] = &["!=%", "!%=", "!@", "!=", "!%", ">=", "<=", "=%", "%=", "!", ">", "<", "@", "%", "="];
+    PREFIXES.iter().find_map(|p| key.strip_prefix(p)).unwrap_or(key)
+}
+
+/// The portal silently ignores filter keys it does not know — which would export everything. Refuse them.
+pub fn check_filter(filter: &Map<String, Value>, meta: &Value) -> Result<()> {
+    let Value::Object(fields) = meta else { return Ok(()) };
+    for key in filter.keys() {
+        let f = filter_field(key);
+        if !fields.keys().any(|k| k.eq_ignore_ascii_case(f)) {
+            return Err(Error::Usage(format!(
+                "--filter key {key:?}: the portal has no field {f:?} (the portal would silently ignore it and export everything)"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,668 @@
+//! The simulated portal's leads: field definitions, a deterministic generator and the wire encoding.
+//!
+//! A lead is a pure function of `(seed, id)`: [`lead_truth`] gives its typed ground truth (the value a correct
+//! exporter must produce), [`render_lead`] encodes it the way `crm.lead.list` does (strings, `Y`/`N`, `""` for
+//! empty dates, dates as midnight UTC in the portal's offset, …, see `shared/bitrix24-api.md` §2–§5).
+//! Tests compare exported files against [`lead_truth`], never against the exporter's own conversion.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
+use serde_json::{json, Map, Value};
+
+/// Bitrix field type as reported by `crm.lead.fields`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FType {
+    Integer,
+    Str,
+    Char,
+    Double,
+    Date,
+    DateTime,
+    CrmStatus(&'static str),
+    CrmCurrency,
+    User,
+    CrmCompany,
+    CrmContact,
+    Multifield,
+    // user-field types
+    UfString,
+    UfInteger,
+    UfDouble,
+    UfBoolean,
+    UfDate,
+    UfDateTime,
+    UfEnumeration,
+    UfMoney,
+    UfUrl,
+    UfEmployee,
+    UfCrm,
+    UfFile,
+    UfAddress,
+}
+
+impl FType {
+    pub fn wire_name(self) -> &'static str {
+        use FType::*;
+        match self {
+            Integer => "integer",
+            Str => "string",
+            Char => "char",
+            Double => "double",
+            Date => "date",
+            DateTime => "datetime",
+            CrmStatus(_) => "crm_status",
+            CrmCurrency => "crm_currency",
+            User => "user",
+            CrmCompany => "crm_company",
+            CrmContact => "crm_contact",
+            Multifield => "crm_multifield",
+            UfString => "string",
+            UfInteger => "integer",
+            UfDouble => "double",
+            UfBoolean => "boolean",
+            UfDate => "date",
+            UfDateTime => "datetime",
+            UfEnumeration => "enumeration",
+            UfMoney => "money",
+            UfUrl => "url",
+            UfEmployee => "employee",
+            UfCrm => "crm",
+            UfFile => "file",
+            UfAddress => "address",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FieldDef {
+    pub name: &'static str,
+    pub ftype: FType,
+    pub multiple: bool,
+    pub read_only: bool,
+    pub title: &'static str,
+    /// Returned by `crm.lead.list` (CONTACT_IDS is listed by `crm.lead.fields` but not by the list method).
+    pub listed: bool,
+}
+
+const fn f(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
+    FieldDef { name, ftype, multiple: false, read_only: false, title, listed: true }
+}
+const fn ro(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
+    FieldDef { name, ftype, multiple: false, read_only: true, title, listed: true }
+}
+const fn multi(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
+    FieldDef { name, ftype, multiple: true, read_only: false, title, listed: true }
+}
+
+use FType::*;
+
+/// Every field of a simulated lead, in `crm.lead.fields` order.
+pub static FIELDS: &[FieldDef] = &[
+    ro("ID", Integer, "ID"),
+    f("TITLE", Str, "Lead name"),
+    f("HONORIFIC", CrmStatus("HONORIFIC"), "Salutation"),
+    f("NAME", Str, "First name"),
+    f("SECOND_NAME", Str, "Second name"),
+    f("LAST_NAME", Str, "Last name"),
+    f("BIRTHDATE", Date, "Date of birth"),
+    f("COMPANY_TITLE", Str, "Company name"),
+    f("COMPANY_ID", CrmCompany, "Company"),
+    f("CONTACT_ID", CrmContact, "Contact"),
+    FieldDef { name: "CONTACT_IDS", ftype: CrmContact, multiple: true, read_only: false, title: "Contacts", listed: false },
+    ro("IS_RETURN_CUSTOMER", Char, "Repeat lead"),
+    f("SOURCE_ID", CrmStatus("SOURCE"), "Source"),
+    f("SOURCE_DESCRIPTION", Str, "Source information"),
+    f("STATUS_ID", CrmStatus("STATUS"), "Stage"),
+    f("STATUS_DESCRIPTION", Str, "Stage information"),
+    ro("STATUS_SEMANTIC_ID", Str, "Status details"),
+    f("POST", Str, "Position"),
+    f("COMMENTS", Str, "Comment"),
+    f("CURRENCY_ID", CrmCurrency, "Currency"),
+    f("OPPORTUNITY", Double, "Total"),
+    f("IS_MANUAL_OPPORTUNITY", Char, "IS_MANUAL_OPPORTUNITY"),
+    ro("HAS_PHONE", Char, "Has phone"),
+    ro("HAS_EMAIL", Char, "Has email"),
+    ro("HAS_IMOL", Char, "Has Open Channel"),
+    f("OPENED", Char, "Available to everyone"),
+    f("ASSIGNED_BY_ID", User, "Responsible person"),
+    ro("CREATED_BY_ID", User, "Created by"),
+    ro("MODIFY_BY_ID", User, "Modified by"),
+    ro("MOVED_BY_ID", User, "MOVED_BY_ID"),
+    ro("DATE_CREATE", DateTime, "Created on"),
+    ro("DATE_MODIFY", DateTime, "Modified on"),
+    ro("DATE_CLOSED", DateTime, "Closed on"),
+    ro("MOVED_TIME", DateTime, "MOVED_TIME"),
+    f("ORIGINATOR_ID", Str, "External source"),
+    f("ORIGIN_ID", Str, "Item ID in data source"),
+    f("ADDRESS", Str, "Address"),
+    f("ADDRESS_2", Str, "Address (line 2)"),
+    f("ADDRESS_CITY", Str, "City"),
+    f("ADDRESS_POSTAL_CODE", Str, "Zip"),
+    f("ADDRESS_REGION", Str, "Region"),
+    f("ADDRESS_PROVINCE", Str, "State / Province"),
+    f("ADDRESS_COUNTRY", Str, "Country"),
+    f("ADDRESS_COUNTRY_CODE", Str, "Country code"),
+    f("ADDRESS_LOC_ADDR_ID", Integer, "Location address ID"),
+    f("UTM_SOURCE", Str, "Ad system"),
+    f("UTM_MEDIUM", Str, "Traffic type"),
+    f("UTM_CAMPAIGN", Str, "Ad campaign UTM"),
+    f("UTM_CONTENT", Str, "Campaign contents"),
+    f("UTM_TERM", Str, "Campaign search term"),
+    ro("LAST_ACTIVITY_BY", User, "LAST_ACTIVITY_BY"),
+    ro("LAST_ACTIVITY_TIME", DateTime, "LAST_ACTIVITY_TIME"),
+    multi("PHONE", Multifield, "Phone"),
+    multi("EMAIL", Multifield, "E-mail"),
+    multi("WEB", Multifield, "Website"),
+    multi("IM", Multifield, "Messenger"),
+    multi("LINK", Multifield, "LINK"),
+    f("UF_CRM_1704817278", UfString, "Campaign note"),
+    f("UF_CRM_1706782596092", UfInteger, "Seats"),
+    f("UF_CRM_1708952993785", UfBoolean, "Newsletter consent"),
+    f("UF_CRM_1710000000001", UfDouble, "Score"),
+    f("UF_CRM_1710000000002", UfDate, "Contract date"),
+    f("UF_CRM_1710000000003", UfDateTime, "Callback at"),
+    f("UF_CRM_1710000000004", UfEnumeration, "Segment"),
+    f("UF_CRM_1710000000005", UfMoney, "Budget"),
+    f("UF_CRM_1710000000006", UfUrl, "Landing page"),
+    f("UF_CRM_1710000000007", UfEmployee, "Account manager"),
+    f("UF_CRM_1710000000008", UfCrm, "Linked entity"),
+    f("UF_CRM_1710000000009", UfFile, "Attachment"),
+    multi("UF_CRM_1710000000010", UfEnumeration, "Interests"),
+    multi("UF_CRM_1710000000011", UfString, "Tags"),
+    f("UF_CRM_1710000000012", UfAddress, "Office address"),
+];
+
+pub fn field(name: &str) -> Option<&'static FieldDef> {
+    FIELDS.iter().find(|f| f.name == name)
+}
+
+pub fn is_user_field(name: &str) -> bool {
+    name.starts_with("UF_")
+}
+
+/// Enumeration items of the two enumeration UFs.
+pub const SEGMENT_ITEMS: &[(i64, &str)] = &[(79, "Retail"), (80, "Wholesale"), (81, "Partner"), (82, "Government")];
+pub const INTEREST_ITEMS: &[(i64, &str)] = &[(101, "Hardware"), (102, "Software"), (103, "Support"), (104, "Training")];
+
+const STATUSES: &[(&str, &str)] = &[("NEW", "P"), ("IN_PROCESS", "P"), ("PROCESSED", "P"), ("CONVERTED", "S"), ("JUNK", "F")];
+const SOURCES: &[&str] = &[
+    "CALL", "EMAIL", "WEB", "ADVERTISING", "PARTNER", "RECOMMENDATION", "TRADE_SHOW", "WEBFORM", "CALLBACK", "OTHER",
+];
+const HONORIFICS: &[&str] = &["HNR_EN_1", "HNR_EN_2", "HNR_EN_3", "HNR_EN_4"];
+const CURRENCIES: &[&str] = &["USD", "EUR", "RUB", "KZT"];
+const FIRST: &[&str] = &["Erasmus", "Zoë", "Анна", "Дмитрий", "李", "José", "Ólafur", "Mia", "Ngozi", "O'Brien", "Søren", "Łucja"];
+const LAST: &[&str] = &["Golden of Ireland", "Müller", "Иванова", "Петров", "王", "García", "Þórsson", "Smith", "Okafor", "D'Angelo"];
+const WORDS: &[&str] = &[
+    "Website order", "Заявка с сайта", "Call back 📞", "Price request", "Запрос КП", "展会线索", "Demo \"Pro\"",
+    "Partner, referral", "Renewal; Q3", "Tab\tseparated", "Line\nbreak", "Ünïcödé ✓",
+];
+const COUNTRIES: &[&str] = &["Indonesia", "Germany", "Россия", "Kazakhstan", "Brasil", "日本"];
+const PHONE_TYPES: &[&str] = &["WORK", "MOBILE", "FAX", "HOME", "PAGER", "MAILING", "OTHER"];
+const EMAIL_TYPES: &[&str] = &["WORK", "HOME", "MAILING", "OTHER"];
+const WEB_TYPES: &[&str] = &["WORK", "HOME", "VK", "LIVEJOURNAL", "TWITTER", "OTHER"];
+const IM_TYPES: &[&str] = &["TELEGRAM", "VK", "SKYPE", "VIBER", "BITRIX24", "OPENLINE", "IMOL", "OTHER"];
+
+/// One element of a multi-value field (PHONE, EMAIL, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Multi {
+    pub id: i64,
+    pub value_type: String,
+    pub value: String,
+    pub type_id: &'static str,
+}
+
+/// The typed ground truth of one field of one lead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Truth {
+    Null,
+    Str(String),
+    Int(i64),
+    /// An exact amount in hundredths (OPPORTUNITY `"15000.00"` = 1_500_000).
+    Cents(i64),
+    Float(f64),
+    Bool(bool),
+    /// Unix seconds, UTC.
+    DateTime(i64),
+    /// Days since 1970-01-01.
+    Date(i32),
+    Multi(Vec<Multi>),
+    Money { cents: i64, currency: String },
+    File { id: i64 },
+    List(Vec<Truth>),
+}
+
+/// Deterministic per-lead randomness (splitmix64).
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64, id: i64) -> Self {
+        Rng(seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// The IDs of a portal of `n` leads: increasing from 1 with gaps (deleted leads).
+pub fn generate_ids(n: usize, seed: u64) -> Vec<i64> {
+    let mut rng = Rng::new(seed, -1);
+    let mut ids = Vec::with_capacity(n);
+    let mut id = 0i64;
+    for _ in 0..n {
+        id += 1;
+        if rng.chance(7) {
+            id += rng.below(40) as i64; // a run of deleted leads
+        }
+        if rng.chance(1) {
+            id += 1000 + rng.below(5000) as i64; // a big hole, e.g. an import that was rolled back
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+const T0: i64 = 1_546_300_800; // 2019-01-01T00:00:00Z
+const SPAN: i64 = 7 * 365 * 86_400; // leads are spread over seven years
+
+/// The typed values of lead `id`, in [`FIELDS`] order. `position` is the lead's index among all IDs and
+/// `count` the portal size (they spread creation dates over the years, increasing with the ID).
+pub fn lead_truth(seed: u64, id: i64, position: usize, count: usize) -> Vec<Truth> {
+    let mut r = Rng::new(seed, id);
+    let created = T0 + (SPAN as i128 * position as i128 / count.max(1) as i128) as i64 + r.below(86_400 * 3) as i64;
+    let modified = created + r.below(86_400 * 90) as i64;
+    let (status, semantic) = *r.pick(STATUSES);
+    let closed = semantic != "P";
+    let mut phones = Vec::new();
+    for k in 0..r.below(4) {
+        let digits = 1_000_000 + r.below(9_000_000);
+        phones.push(Multi {
+            id: id * 10 + k as i64,
+            value_type: r.pick(PHONE_TYPES).to_string(),
+            value: format!("+1555{digits}"),
+            type_id: "PHONE",
+        });
+    }
+    let mut emails = Vec::new();
+    for k in 0..r.below(3) {
+        emails.push(Multi {
+            id: id * 10 + 5 + k as i64,
+            value_type: r.pick(EMAIL_TYPES).to_string(),
+            value: format!("lead{id}.{k}@example.com"),
+            type_id: "EMAIL",
+        });
+    }
+    let webs: Vec<Multi> = if r.chance(20) {
+        vec![Multi { id: id * 10 + 8, value_type: r.pick(WEB_TYPES).to_string(), value: format!("https://example.org/{id}?a=1&b=ü"), type_id: "WEB" }]
+    } else {
+        vec![]
+    };
+    let ims: Vec<Multi> = if r.chance(15) {
+        let vt = r.pick(IM_TYPES).to_string();
+        let value = if vt == "OPENLINE" || vt == "IMOL" { format!("imol|livechat|1|{id}|21") } else { format!("@user{id}") };
+        vec![Multi { id: id * 10 + 9, value_type: vt, value, type_id: "IM" }]
+    } else {
+        vec![]
+    };
+    let links: Vec<Multi> = if r.chance(3) {
+        vec![Multi { id: id * 10 + 7, value_type: "USER".into(), value: format!("{}", 100 + r.below(50)), type_id: "LINK" }]
+    } else {
+        vec![]
+    };
+    let has_imol = ims.iter().any(|m| m.value_type == "OPENLINE" || m.value_type == "IMOL");
+    fn opt_str(r: &mut Rng, pct: u64, f: impl FnOnce(&mut Rng) -> String) -> Truth {
+        if r.chance(pct) {
+            Truth::Str(f(r))
+        } else {
+            Truth::Null
+        }
+    }
+    let mut out = Vec::with_capacity(FIELDS.len());
+    for def in FIELDS {
+        let t = match def.name {
+            "ID" => Truth::Int(id),
+            "TITLE" => Truth::Str(format!("{} #{id}", r.pick(WORDS))),
+            "HONORIFIC" => {
+                if r.chance(40) {
+                    Truth::Str(r.pick(HONORIFICS).to_string())
+                } else {
+                    Truth::Null
+                }
+            }
+            "NAME" => Truth::Str(r.pick(FIRST).to_string()),
+            "SECOND_NAME" => opt_str(&mut r, 10, |_| "Maria".into()),
+            "LAST_NAME" => Truth::Str(r.pick(LAST).to_string()),
+            "BIRTHDATE" => {
+                if r.chance(30) {
+                    Truth::Date((-7300 + r.below(14_600) as i64) as i32)
+                } else {
+                    Truth::Null
+                }
+            }
+            "COMPANY_TITLE" => opt_str(&mut r, 50, |r| format!("Company {} LLC", r.below(500))),
+            "COMPANY_ID" => Truth::Int(if r.chance(60) { 0 } else { 1 + r.below(2000) as i64 }),
+            "CONTACT_ID" => {
+                if r.chance(50) {
+                    Truth::Int(1 + r.below(5000) as i64)
+                } else {
+                    Truth::Null
+                }
+            }
+            "CONTACT_IDS" => Truth::List(vec![]),
+            "IS_RETURN_CUSTOMER" => Truth::Bool(r.chance(10)),
+            "SOURCE_ID" => Truth::Str(r.pick(SOURCES).to_string()),
+            "SOURCE_DESCRIPTION" => opt_str(&mut r, 20, |_| "Came from the spring campaign".into()),
+            "STATUS_ID" => Truth::Str(status.to_string()),
+            "STATUS_DESCRIPTION" => Truth::Null,
+            "STATUS_SEMANTIC_ID" => Truth::Str(semantic.to_string()),
+            "POST" => opt_str(&mut r, 30, |_| "Head of purchasing".into()),
+            "COMMENTS" => opt_str(&mut r, 25, |_| format!("<p>Called on {id}; asked for «price list» & terms</p>")),
+            "CURRENCY_ID" => Truth::Str(r.pick(CURRENCIES).to_string()),
+            "OPPORTUNITY" => Truth::Cents(if r.chance(20) { 0 } else { r.below(10_000_000_000) as i64 }),
+            "IS_MANUAL_OPPORTUNITY" => Truth::Bool(r.chance(30)),
+            "HAS_PHONE" => Truth::Bool(!phones.is_empty()),
+            "HAS_EMAIL" => Truth::Bool(!emails.is_empty()),
+            "HAS_IMOL" => Truth::Bool(has_imol),
+            "OPENED" => Truth::Bool(r.chance(80)),
+            "ASSIGNED_BY_ID" | "CREATED_BY_ID" | "MODIFY_BY_ID" | "MOVED_BY_ID" | "LAST_ACTIVITY_BY" => {
+                Truth::Int(1 + r.below(40) as i64)
+            }
+            "DATE_CREATE" => Truth::DateTime(created),
+            "DATE_MODIFY" => Truth::DateTime(modified),
+            "DATE_CLOSED" => {
+                if closed {
+                    Truth::DateTime(modified)
+                } else {
+                    Truth::Null
+                }
+            }
+            "MOVED_TIME" => Truth::DateTime(created + r.below(86_400 * 10) as i64),
+            "LAST_ACTIVITY_TIME" => Truth::DateTime(modified),
+            "ORIGINATOR_ID" | "ORIGIN_ID" => Truth::Null,
+            "ADDRESS" => opt_str(&mut r, 40, |r| format!("{} Hollow Ridge Alley", 1 + r.below(9000))),
+            "ADDRESS_COUNTRY" => opt_str(&mut r, 50, |r| r.pick(COUNTRIES).to_string()),
+            "ADDRESS_CITY" => opt_str(&mut r, 30, |_| "Алматы".into()),
+            "ADDRESS_POSTAL_CODE" => opt_str(&mut r, 30, |r| format!("{:05}", r.below(99_999))),
+            "ADDRESS_2" | "ADDRESS_REGION" | "ADDRESS_PROVINCE" | "ADDRESS_COUNTRY_CODE" => Truth::Null,
+            "ADDRESS_LOC_ADDR_ID" => {
+                if r.chance(40) {
+                    Truth::Int(1 + r.below(100_000) as i64)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UTM_SOURCE" => opt_str(&mut r, 30, |_| "google".into()),
+            "UTM_MEDIUM" => opt_str(&mut r, 30, |_| "cpc".into()),
+            "UTM_CAMPAIGN" => opt_str(&mut r, 20, |_| "black_friday_2024".into()),
+            "UTM_CONTENT" | "UTM_TERM" => Truth::Null,
+            "PHONE" => Truth::Multi(phones.clone()),
+            "EMAIL" => Truth::Multi(emails.clone()),
+            "WEB" => Truth::Multi(webs.clone()),
+            "IM" => Truth::Multi(ims.clone()),
+            "LINK" => Truth::Multi(links.clone()),
+            "UF_CRM_1704817278" => opt_str(&mut r, 50, |r| format!("note «{}»", r.pick(WORDS))),
+            "UF_CRM_1706782596092" => {
+                if r.chance(60) {
+                    Truth::Int(r.below(500) as i64)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1708952993785" => {
+                if r.chance(90) {
+                    Truth::Bool(r.chance(50))
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000001" => {
+                if r.chance(70) {
+                    Truth::Float(r.below(100_000) as f64 / 8.0)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000002" => {
+                if r.chance(40) {
+                    Truth::Date(((created / 86_400) + r.below(365) as i64) as i32)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000003" => {
+                if r.chance(40) {
+                    Truth::DateTime(created + r.below(86_400 * 30) as i64)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000004" => {
+                if r.chance(70) {
+                    Truth::Int(r.pick(SEGMENT_ITEMS).0)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000005" => {
+                if r.chance(50) {
+                    Truth::Money { cents: r.below(100_000_000) as i64, currency: r.pick(CURRENCIES).to_string() }
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000006" => opt_str(&mut r, 30, |r| format!("https://example.com/landing/{}", r.below(20))),
+            "UF_CRM_1710000000007" => {
+                if r.chance(60) {
+                    Truth::Int(1 + r.below(40) as i64)
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000008" => {
+                if r.chance(50) {
+                    let prefix = *r.pick(&["C_", "CO_", "D_", "L_", ""]);
+                    Truth::Str(format!("{prefix}{}", 1 + r.below(3000)))
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000009" => {
+                if r.chance(20) {
+                    Truth::File { id: 5000 + id }
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000010" => {
+                let mut items: Vec<Truth> = Vec::new();
+                for (item, _) in INTEREST_ITEMS {
+                    if r.chance(30) {
+                        items.push(Truth::Int(*item));
+                    }
+                }
+                Truth::List(items)
+            }
+            "UF_CRM_1710000000011" => {
+                let n = r.below(3);
+                Truth::List((0..n).map(|k| Truth::Str(format!("tag-{k}-{}", r.pick(&["vip", "новый", "b2b"])))).collect())
+            }
+            "UF_CRM_1710000000012" => opt_str(&mut r, 20, |r| format!("350 5th Ave, New York|40.748441;-73.985664|{}", r.below(9_000_000))),
+            other => unreachable!("no generator for field {other}"),
+        };
+        out.push(t);
+    }
+    out
+}
+
+/// How the portal encodes a few ambiguous values (see `shared/bitrix24-api.md` §3).
+#[derive(Debug, Clone, Copy)]
+pub struct Encoding {
+    /// The portal's UTC offset in seconds.
+    pub offset_secs: i32,
+    /// Boolean UFs as JSON `true`/`false` (docs example) instead of `"1"`/`"0"` (core source).
+    pub bool_uf_json: bool,
+}
+
+impl Default for Encoding {
+    fn default() -> Self {
+        Encoding { offset_secs: 2 * 3600, bool_uf_json: false }
+    }
+}
+
+fn fmt_datetime(secs: i64, offset: &FixedOffset) -> String {
+    let dt: DateTime<Utc> = Utc.timestamp_opt(secs, 0).single().expect("valid timestamp");
+    dt.with_timezone(offset).format("%Y-%m-%dT%H:%M:%S%:z").to_string()
+}
+
+fn fmt_date(days: i32, offset: &FixedOffset) -> String {
+    // Bitrix writes a date as midnight UTC expressed in the portal's offset (§5).
+    fmt_datetime(days as i64 * 86_400, offset)
+}
+
+pub fn days_to_date(days: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(days as i64)
+}
+
+fn fmt_cents(cents: i64) -> String {
+    format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, (cents / 100).abs(), (cents % 100).abs())
+}
+
+/// Encodes one typed value the way `crm.lead.list` does. `None` means the key is absent.
+pub fn render_value(def: &FieldDef, t: &Truth, lead_id: i64, enc: &Encoding) -> Option<Value> {
+    let off = FixedOffset::east_opt(enc.offset_secs).expect("valid offset");
+    let v = match (def.ftype, t) {
+        (Multifield, Truth::Multi(ms)) => {
+            if ms.is_empty() {
+                return None; // a lead with no values of a selected multi-field type has no key
+            }
+            Value::Array(
+                ms.iter()
+                    .map(|m| json!({"ID": m.id.to_string(), "VALUE_TYPE": m.value_type, "VALUE": m.value, "TYPE_ID": m.type_id}))
+                    .collect(),
+            )
+        }
+        (UfFile, Truth::Null) => return None, // stored 0: key absent
+        (UfFile, Truth::File { id: fid }) => json!({
+            "id": fid,
+            "showUrl": format!("/bitrix/components/bitrix/crm.lead.show/show_file.php?ownerId={lead_id}&fieldName={}&dynamic=Y&fileId={fid}", def.name),
+            "downloadUrl": format!("/bitrix/components/bitrix/crm.lead.show/show_file.php?auth=simauth{fid}token&ownerId={lead_id}&fieldName={}&dynamic=Y&fileId={fid}", def.name),
+        }),
+        (_, Truth::List(items)) if def.multiple => {
+            if items.is_empty() {
+                Value::Bool(false) // a NULL multiple column comes back as false
+            } else {
+                Value::Array(items.iter().map(|i| scalar(def.ftype, i, enc, &off)).collect())
+            }
+        }
+        (Date | DateTime | UfDate | UfDateTime, Truth::Null) => Value::String(String::new()),
+        (_, t) => scalar(def.ftype, t, enc, &off),
+    };
+    Some(v)
+}
+
+fn scalar(ft: FType, t: &Truth, enc: &Encoding, off: &FixedOffset) -> Value {
+    match t {
+        Truth::Null => Value::Null,
+        Truth::Str(s) => Value::String(s.clone()),
+        Truth::Int(i) => Value::String(i.to_string()),
+        Truth::Cents(c) => Value::String(fmt_cents(*c)),
+        Truth::Float(x) => Value::String(format!("{x}")),
+        Truth::Bool(b) => match ft {
+            UfBoolean if enc.bool_uf_json => Value::Bool(*b),
+            UfBoolean => Value::String(if *b { "1" } else { "0" }.into()),
+            _ => Value::String(if *b { "Y" } else { "N" }.into()),
+        },
+        Truth::DateTime(s) => Value::String(fmt_datetime(*s, off)),
+        Truth::Date(d) => Value::String(fmt_date(*d, off)),
+        Truth::Money { cents, currency } => Value::String(format!("{}|{currency}", fmt_cents(*cents))),
+        Truth::Multi(_) | Truth::File { .. } | Truth::List(_) => unreachable!("not a scalar"),
+    }
+}
+
+/// The whole lead as `crm.lead.list` returns it with the given select applied (`keep(def)`).
+pub fn render_lead(truth: &[Truth], lead_id: i64, enc: &Encoding, keep: impl Fn(&FieldDef) -> bool) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (def, t) in FIELDS.iter().zip(truth) {
+        if !def.listed || !keep(def) {
+            continue;
+        }
+        if let Some(v) = render_value(def, t, lead_id, enc) {
+            m.insert(def.name.to_string(), v);
+        }
+    }
+    m
+}
+
+/// `crm.lead.fields` result object, with the key order of §3.
+pub fn fields_metadata() -> Value {
+    let mut m = Map::new();
+    for def in FIELDS {
+        let mut o = Map::new();
+        o.insert("type".into(), json!(def.ftype.wire_name()));
+        o.insert("isRequired".into(), json!(def.name == "TITLE"));
+        o.insert("isReadOnly".into(), json!(def.read_only));
+        o.insert("isImmutable".into(), json!(false));
+        o.insert("isMultiple".into(), json!(def.multiple));
+        o.insert("isDynamic".into(), json!(is_user_field(def.name)));
+        if def.name == "CONTACT_ID" {
+            o.insert("isDeprecated".into(), json!(true));
+        }
+        if let CrmStatus(st) = def.ftype {
+            o.insert("statusType".into(), json!(st));
+        }
+        if def.ftype == UfEnumeration {
+            let items = if def.multiple { INTEREST_ITEMS } else { SEGMENT_ITEMS };
+            o.insert(
+                "items".into(),
+                Value::Array(items.iter().map(|(id, v)| json!({"ID": id.to_string(), "VALUE": v})).collect()),
+            );
+        }
+        if is_user_field(def.name) {
+            o.insert("title".into(), json!(def.name));
+            o.insert("listLabel".into(), json!(def.title));
+            o.insert("formLabel".into(), json!(def.title));
+            o.insert("filterLabel".into(), json!(def.title));
+            o.insert("settings".into(), json!({}));
+        } else {
+            o.insert("title".into(), json!(def.title));
+            if def.name == "COMPANY_ID" {
+                o.insert("settings".into(), json!({"parentEntityTypeId": 4}));
+            }
+        }
+        m.insert(def.name.to_string(), Value::Object(o));
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_midnight_utc_in_portal_offset() {
+        let d = (NaiveDate::from_ymd_opt(2000, 1, 1).unwrap() - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32;
+        assert_eq!(fmt_date(d, &FixedOffset::east_opt(7200).unwrap()), "2000-01-01T02:00:00+02:00");
+        assert_eq!(fmt_date(d, &FixedOffset::east_opt(-5 * 3600).unwrap()), "1999-12-31T19:00:00-05:00");
+    }
+
+    #[test]
+    fn generator_is_deterministic_and_has_gaps() {
+        let a = generate_ids(1000, 7);
+        assert_eq!(a, generate_ids(1000, 7));
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert!(*a.last().unwrap() > 1000);
+        assert_eq!(lead_truth(7, 5, 4, 1000), lead_truth(7, 5, 4, 1000));
+        assert_eq!(fmt_cents(1_500_000), "15000.00");
+        assert_eq!(fmt_cents(5), "0.05");
+    }
+}

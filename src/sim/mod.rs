@@ -1,0 +1,481 @@
+//! The simulated Bitrix24 portal: a real HTTP server on loopback that speaks the wire protocol of
+//! `shared/bitrix24-api.md` for `crm.lead.fields`, `crm.lead.list` and `batch`, with the leaky-bucket limit.
+//!
+//! Routes: `/rest/{user}/{code}/{method}[.json]`. Every response carries a `time` object.
+
+pub mod data;
+pub mod filter;
+pub mod params;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+use data::{Encoding, FieldDef, Truth, FIELDS};
+use filter::{Cond, Key};
+
+/// Options of a simulated portal.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub leads: usize,
+    pub seed: u64,
+    pub user_id: u32,
+    pub webhook_code: String,
+    /// Portal UTC offset in seconds (dates and datetimes are written in it).
+    pub offset_secs: i32,
+    /// Boolean UFs as JSON `true`/`false` instead of `"1"`/`"0"`.
+    pub bool_uf_json: bool,
+    /// Leaky bucket: requests above `burst` in the bucket get 503 `QUERY_LIMIT_EXCEEDED`.
+    pub burst: f64,
+    /// Leaky bucket drain rate, requests per second.
+    pub drain_per_sec: f64,
+    /// A start beyond the end returns page 1 again (CAllDBResult without checkOutOfRange).
+    pub out_of_range_first_page: bool,
+    /// Added to every request before it is answered.
+    pub latency: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            leads: 1000,
+            seed: 42,
+            user_id: 1,
+            webhook_code: "simwebhook0code".into(),
+            offset_secs: 2 * 3600,
+            bool_uf_json: false,
+            burst: 50.0,
+            drain_per_sec: 2.0,
+            out_of_range_first_page: true,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// Counters of what the portal saw.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub http_requests: AtomicU64,
+    pub rejected_503: AtomicU64,
+    pub rejected_401: AtomicU64,
+    pub list_calls: AtomicU64,
+}
+
+struct Bucket {
+    level: f64,
+    at: Instant,
+}
+
+struct State {
+    cfg: SimConfig,
+    enc: Encoding,
+    ids: Vec<i64>,
+    bucket: Mutex<Bucket>,
+    stats: Arc<SimStats>,
+}
+
+/// A running simulated portal. Dropping it stops the server.
+pub struct SimPortal {
+    addr: SocketAddr,
+    cfg: SimConfig,
+    ids: Arc<Vec<i64>>,
+    stats: Arc<SimStats>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SimPortal {
+    /// Starts the portal on its own thread and runtime, bound to `127.0.0.1:port` (0 = any free port).
+    pub fn start(cfg: SimConfig, port: u16) -> std::io::Result<SimPortal> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let ids = Arc::new(data::generate_ids(cfg.leads, cfg.seed));
+        let stats = Arc::new(SimStats::default());
+        let state = Arc::new(State {
+            enc: Encoding { offset_secs: cfg.offset_secs, bool_uf_json: cfg.bool_uf_json },
+            cfg: cfg.clone(),
+            ids: ids.as_ref().clone(),
+            bucket: Mutex::new(Bucket { level: 0.0, at: Instant::now() }),
+            stats: stats.clone(),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("sim-portal".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("sim runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+                    let state = state.clone();
+                    async move { handle(state, uri, headers, body).await }
+                });
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        })?;
+        Ok(SimPortal { addr, cfg, ids, stats, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The webhook URL of this portal (plain http on loopback).
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/rest/{}/{}/", self.addr, self.cfg.user_id, self.cfg.webhook_code)
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// All lead IDs, ascending.
+    pub fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+
+    /// The typed ground truth of the lead at `position` in [`SimPortal::ids`], in [`data::FIELDS`] order.
+    pub fn truth_at(&self, position: usize) -> Vec<Truth> {
+        data::lead_truth(self.cfg.seed, self.ids[position], position, self.ids.len())
+    }
+
+    /// Blocks until the server is stopped (for `b24-export sim`).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SimPortal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now_f64() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn time_object(start: f64, enc: &Encoding) -> Value {
+    let finish = now_f64();
+    let off = chrono::FixedOffset::east_opt(enc.offset_secs).expect("offset");
+    let fmt = |t: f64| {
+        chrono::DateTime::from_timestamp(t as i64, 0)
+            .map(|d| d.with_timezone(&off).format("%Y-%m-%dT%H:%M:%S%:z").to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "start": start, "finish": finish, "duration": finish - start, "processing": finish - start,
+        "date_start": fmt(start), "date_finish": fmt(finish), "operating": 0
+    })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    r
+}
+
+/// A REST error: HTTP status, `error`, `error_description`.
+#[derive(Debug, Clone)]
+pub struct ApiErr(pub StatusCode, pub &'static str, pub String);
+
+impl ApiErr {
+    fn body(&self) -> Value {
+        json!({"error": self.1, "error_description": self.2})
+    }
+}
+
+async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let start = now_f64();
+    state.stats.http_requests.fetch_add(1, AtomicOrdering::Relaxed);
+    if !state.cfg.latency.is_zero() {
+        tokio::time::sleep(state.cfg.latency).await;
+    }
+    let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    if segs.len() != 4 || segs[0] != "rest" {
+        return json_response(StatusCode::NOT_FOUND, &json!({"error": "ERROR_METHOD_NOT_FOUND", "error_description": "Method not found!"}));
+    }
+    if segs[1] != state.cfg.user_id.to_string() || segs[2] != state.cfg.webhook_code {
+        state.stats.rejected_401.fetch_add(1, AtomicOrdering::Relaxed);
+        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": "NO_AUTH_FOUND", "error_description": "Wrong authorization data"}));
+    }
+    // leaky bucket: one HTTP request = one unit, whatever it carries
+    {
+        let mut b = state.bucket.lock().expect("bucket");
+        let now = Instant::now();
+        b.level = (b.level - now.duration_since(b.at).as_secs_f64() * state.cfg.drain_per_sec).max(0.0);
+        b.at = now;
+        if b.level + 1.0 > state.cfg.burst {
+            state.stats.rejected_503.fetch_add(1, AtomicOrdering::Relaxed);
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}),
+            );
+        }
+        b.level += 1.0;
+    }
+    let method = segs[3].to_lowercase();
+    let method = method.strip_suffix(".json").unwrap_or(&method).to_string();
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
+    let params = params::merge_request(uri.query(), ct, &body);
+    let state2 = state.clone();
+    // list calls can scan many leads: keep them off the IO threads
+    let out = tokio::task::spawn_blocking(move || call(&state2, &method, &params, true)).await;
+    match out {
+        Ok(Ok(mut v)) => {
+            v.insert("time".into(), time_object(start, &state.enc));
+            json_response(StatusCode::OK, &Value::Object(v))
+        }
+        Ok(Err(e)) => json_response(e.0, &e.body()),
+        Err(_) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}),
+        ),
+    }
+}
+
+/// Runs one method. Returns the envelope without `time`.
+fn call(state: &State, method: &str, params: &Map<String, Value>, allow_batch: bool) -> Result<Map<String, Value>, ApiErr> {
+    match method {
+        "crm.lead.fields" => {
+            let mut m = Map::new();
+            m.insert("result".into(), data::fields_metadata());
+            Ok(m)
+        }
+        "crm.lead.list" => lead_list(state, params),
+        "batch" if allow_batch => batch(state, params),
+        "batch" => Err(ApiErr(StatusCode::METHOD_NOT_ALLOWED, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage".into())),
+        _ => Err(ApiErr(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!".into())),
+    }
+}
+
+fn array_param(params: &Map<String, Value>, name: &str) -> Result<Map<String, Value>, ApiErr> {
+    match params::param(params, name) {
+        None => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::Array(a)) if a.is_empty() => Ok(Map::new()),
+        Some(_) => Err(ApiErr(StatusCode::BAD_REQUEST, "", format!("Parameter '{name}' must be array."))),
+    }
+}
+
+fn int_param(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(s)) => s.trim().parse::<i64>().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Which fields a select list returns (§2 select masks).
+fn select_filter(select: &[String]) -> impl Fn(&FieldDef) -> bool + '_ {
+    let star = select.is_empty() || select.iter().any(|s| s == "*");
+    let uf = select.iter().any(|s| s == "UF_*");
+    let any_multi = select.iter().any(|s| FIELDS.iter().any(|f| f.name == s && f.ftype == data::FType::Multifield));
+    move |def: &FieldDef| {
+        if def.ftype == data::FType::Multifield {
+            return select.iter().any(|s| s == def.name); // only when named explicitly, case-sensitive
+        }
+        if def.name == "ID" && any_multi {
+            return true;
+        }
+        if data::is_user_field(def.name) {
+            return uf || select.iter().any(|s| s.eq_ignore_ascii_case(def.name));
+        }
+        star || select.iter().any(|s| s.eq_ignore_ascii_case(def.name))
+    }
+}
+
+fn lead_list(state: &State, params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr> {
+    state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed);
+    let order = array_param(params, "order")?;
+    let filter = array_param(params, "filter")?;
+    let select: Vec<String> = match params::param(params, "select").cloned().map(params::normalize) {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Object(m)) => m.values().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    };
+    let start = int_param(params.get("start"));
+    let conds: Vec<Cond> = filter::parse_filter(&params::normalize(Value::Object(filter)).as_object().cloned().unwrap_or_default());
+    let order = filter::parse_order(&order);
+    let (lo, hi) = filter::id_bounds(&conds);
+    let ids = &state.ids;
+    let from = ids.partition_point(|&id| id < lo);
+    let to = ids.partition_point(|&id| id <= hi);
+    let n = ids.len();
+    let truth = |pos: usize| data::lead_truth(state.cfg.seed, ids[pos], pos, n);
+    let ok = |t: &[Truth]| conds.iter().all(|c| filter::matches(c, t, state.enc.offset_secs));
+    let by_id_only = order.iter().all(|(i, _)| FIELDS[*i].name == "ID");
+    let ascending = order.first().map(|(_, asc)| *asc).unwrap_or(true);
+    const PAGE: usize = 50;
+
+    // Collect the matching (position, truth) rows: lazily when no count is needed.
+    let positions: Box<dyn Iterator<Item = usize>> =
+        if ascending { Box::new(from..to.max(from)) } else { Box::new((from..to.max(from)).rev()) };
+    let mut rows: Vec<(usize, Vec<Truth>)> = Vec::new();
+    let (offset, count_all) = if start < 0 { (0usize, false) } else { (((start as usize) / PAGE) * PAGE, true) };
+    if by_id_only && !count_all {
+        for pos in positions {
+            let t = truth(pos);
+            if ok(&t) {
+                rows.push((pos, t));
+                if rows.len() == PAGE {
+                    break;
+                }
+            }
+        }
+    } else {
+        let mut all: Vec<(usize, Vec<Truth>)> = positions.map(|p| (p, truth(p))).filter(|(_, t)| ok(t)).collect();
+        if !by_id_only {
+            all.sort_by(|a, b| {
+                for (idx, asc) in &order {
+                    let ka = sort_key(*idx, &a.1[*idx]);
+                    let kb = sort_key(*idx, &b.1[*idx]);
+                    let o = ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal);
+                    let o = if *asc { o } else { o.reverse() };
+                    if o != std::cmp::Ordering::Equal {
+                        return o;
+                    }
+                }
+                a.0.cmp(&b.0)
+            });
+        }
+        let total = all.len();
+        let mut off = offset;
+        if count_all && off >= total && total > 0 && state.cfg.out_of_range_first_page {
+            off = 0; // CAllDBResult falls back to page 1
+        }
+        rows = all.into_iter().skip(if count_all { off } else { 0 }).take(PAGE).collect();
+        if count_all {
+            let mut m = Map::new();
+            let page_no = off / PAGE + 1;
+            let page_count = total.div_ceil(PAGE);
+            m.insert("result".into(), render_rows(state, &rows, &select));
+            if page_no < page_count {
+                m.insert("next".into(), json!(page_no * PAGE));
+            }
+            m.insert("total".into(), json!(total));
+            return Ok(m);
+        }
+    }
+    let mut m = Map::new();
+    m.insert("result".into(), render_rows(state, &rows, &select));
+    m.insert("total".into(), json!(0));
+    Ok(m)
+}
+
+fn sort_key(idx: usize, t: &Truth) -> Key {
+    if FIELDS[idx].name == "STATUS_ID" {
+        if let Truth::Str(s) = t {
+            return Key::Num(filter::status_sort(s) as f64);
+        }
+    }
+    filter::truth_key(t)
+}
+
+fn render_rows(state: &State, rows: &[(usize, Vec<Truth>)], select: &[String]) -> Value {
+    let keep = select_filter(select);
+    Value::Array(
+        rows.iter()
+            .map(|(pos, t)| Value::Object(data::render_lead(t, state.ids[*pos], &state.enc, &keep)))
+            .collect(),
+    )
+}
+
+/// Empty PHP arrays serialize as `[]`; arrays with keys 0..n as JSON lists.
+fn php_map(m: Map<String, Value>, indexed: bool) -> Value {
+    if m.is_empty() {
+        Value::Array(vec![])
+    } else if indexed && m.keys().enumerate().all(|(i, k)| *k == i.to_string()) {
+        Value::Array(m.into_iter().map(|(_, v)| v).collect())
+    } else {
+        Value::Object(m)
+    }
+}
+
+fn php_bool(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Value::String(s)) => !(s.is_empty() || s == "0"),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+fn batch(state: &State, params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr> {
+    let halt = php_bool(params.iter().find(|(k, _)| k.eq_ignore_ascii_case("halt")).map(|(_, v)| v));
+    let cmd = params.iter().find(|(k, _)| k.eq_ignore_ascii_case("cmd")).map(|(_, v)| v.clone());
+    let (cmds, indexed): (Vec<(String, Value)>, bool) = match cmd {
+        Some(Value::Object(m)) => {
+            let indexed = m.keys().enumerate().all(|(i, k)| *k == i.to_string());
+            (m.into_iter().collect(), indexed)
+        }
+        Some(Value::Array(a)) => (a.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(), true),
+        _ => (Vec::new(), false),
+    };
+    let (mut result, mut errors, mut totals, mut nexts, mut times) = (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
+    for (n, (key, v)) in cmds.into_iter().enumerate() {
+        let Value::String(s) = v else { continue }; // non-string commands are skipped silently
+        if n >= 50 {
+            errors.insert(key, json!({"error": "ERROR_BATCH_LENGTH_EXCEEDED", "error_description": "Max batch length exceeded"}));
+            continue;
+        }
+        let start = now_f64();
+        let (method, query) = s.split_once('?').unwrap_or((s.as_str(), ""));
+        let p = params::parse_php_query(query);
+        match call(state, &method.to_lowercase(), &p, false) {
+            Ok(mut env) => {
+                if let Some(r) = env.remove("result") {
+                    result.insert(key.clone(), r);
+                }
+                if let Some(t) = env.remove("total") {
+                    totals.insert(key.clone(), t);
+                }
+                if let Some(nx) = env.remove("next") {
+                    nexts.insert(key.clone(), nx);
+                }
+                times.insert(key, time_object(start, &state.enc));
+            }
+            Err(e) => {
+                errors.insert(key, e.body());
+                if halt {
+                    break;
+                }
+            }
+        }
+    }
+    let mut inner = Map::new();
+    inner.insert("result".into(), php_map(result, indexed));
+    inner.insert("result_error".into(), php_map(errors, indexed));
+    inner.insert("result_total".into(), php_map(totals, indexed));
+    inner.insert("result_next".into(), php_map(nexts, indexed));
+    inner.insert("result_time".into(), php_map(times, indexed));
+    let mut m = Map::new();
+    m.insert("result".into(), Value::Object(inner));
+    Ok(m)
+}

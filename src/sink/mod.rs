@@ -1,0 +1,269 @@
+//! Sinks: partitioned Parquet files under `OUT/<dataset>/`.
+//!
+//! A file is written under a hidden temporary name (`.part-….parquet.tmp`, which no `*.parquet` glob matches)
+//! and renamed to `part-<run id>-<n>.parquet` only when complete and synced. Writers flush row groups when the
+//! buffered data of all open files passes a memory budget, so memory does not grow with the portal.
+
+pub mod partition;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{RecordBatch, UInt32Array};
+use arrow_schema::{Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::error::{Error, Result};
+use partition::PartitionSpec;
+
+/// Options of a dataset writer.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The dataset directory, e.g. `OUT/leads`.
+    pub root: PathBuf,
+    pub run_id: String,
+    pub partition: PartitionSpec,
+    /// Rows per row group at most.
+    pub row_group_rows: usize,
+    /// A file is closed and a new one started after this many rows.
+    pub max_rows_per_file: u64,
+    /// Buffered (not yet flushed) bytes of all open files together.
+    pub memory_budget: usize,
+    /// Files open at once; the least recently used is closed beyond that.
+    pub max_open_files: usize,
+}
+
+impl SinkConfig {
+    pub fn new(root: PathBuf, run_id: String, partition: PartitionSpec) -> Self {
+        SinkConfig {
+            root,
+            run_id,
+            partition,
+            row_group_rows: 128 * 1024,
+            max_rows_per_file: 5_000_000,
+            memory_budget: 256 << 20,
+            max_open_files: 256,
+        }
+    }
+}
+
+/// A finished data file.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// Relative to the dataset root, with `/` separators.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+struct OpenFile {
+    tmp: PathBuf,
+    final_path: PathBuf,
+    rel: String,
+    writer: ArrowWriter<File>,
+    rows: u64,
+    last_used: u64,
+}
+
+pub struct DatasetWriter {
+    cfg: SinkConfig,
+    props: WriterProperties,
+    file_schema: SchemaRef,
+    /// Indices of the batch columns that go into files (all but a moved partition column).
+    keep: Vec<usize>,
+    open: HashMap<String, OpenFile>,
+    seq: u64,
+    tick: u64,
+    files: Vec<FileInfo>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::io(path, e)
+}
+
+impl DatasetWriter {
+    pub fn new(cfg: SinkConfig, schema: &SchemaRef) -> Result<Self> {
+        let moved = cfg.partition.moved_column();
+        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| Some(schema.field(i).name().as_str()) != moved).collect();
+        let file_schema = Arc::new(Schema::new_with_metadata(
+            keep.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        ));
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(cfg.row_group_rows))
+            .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
+            .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), cfg.run_id.clone())]));
+        if file_schema.field_with_name("id").is_ok() {
+            props = props.set_column_bloom_filter_enabled(ColumnPath::from("id"), true);
+        }
+        std::fs::create_dir_all(&cfg.root).map_err(io_err(&cfg.root))?;
+        Ok(DatasetWriter { cfg, props: props.build(), file_schema, keep, open: HashMap::new(), seq: 0, tick: 0, files: Vec::new() })
+    }
+
+    /// Writes a batch (with the full schema given to [`DatasetWriter::new`]).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        match self.cfg.partition.row_dirs(batch)? {
+            None => {
+                let b = batch.project(&self.keep)?;
+                self.write_to(String::new(), &b)?;
+            }
+            Some(dirs) => {
+                let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+                let mut index: HashMap<&str, usize> = HashMap::new();
+                for (row, d) in dirs.iter().enumerate() {
+                    let g = *index.entry(d.as_str()).or_insert_with(|| {
+                        groups.push((d.clone(), Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[g].1.push(row as u32);
+                }
+                for (dir, rows) in groups {
+                    let part = if rows.len() == batch.num_rows() {
+                        batch.clone()
+                    } else {
+                        arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))?
+                    };
+                    let b = part.project(&self.keep)?;
+                    self.write_to(dir, &b)?;
+                }
+            }
+        }
+        self.enforce_budget()
+    }
+
+    fn write_to(&mut self, dir: String, batch: &RecordBatch) -> Result<()> {
+        self.tick += 1;
+        if !self.open.contains_key(&dir) {
+            if self.open.len() >= self.cfg.max_open_files {
+                let lru = self.open.iter().min_by_key(|(_, f)| f.last_used).map(|(k, _)| k.clone()).expect("non-empty");
+                self.close(&lru)?;
+            }
+            let f = self.create(&dir)?;
+            self.open.insert(dir.clone(), f);
+        }
+        let f = self.open.get_mut(&dir).expect("open");
+        f.last_used = self.tick;
+        f.writer.write(batch).map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+        f.rows += batch.num_rows() as u64;
+        if f.rows >= self.cfg.max_rows_per_file {
+            self.close(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, dir: &str) -> Result<OpenFile> {
+        self.seq += 1;
+        let name = format!("part-{}-{:05}.parquet", self.cfg.run_id, self.seq);
+        let folder = if dir.is_empty() { self.cfg.root.clone() } else { self.cfg.root.join(dir) };
+        std::fs::create_dir_all(&folder).map_err(io_err(&folder))?;
+        let tmp = folder.join(format!(".{name}.tmp"));
+        let final_path = folder.join(&name);
+        let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let writer = ArrowWriter::try_new(file, self.file_schema.clone(), Some(self.props.clone()))
+            .map_err(|e| Error::Parquet { path: tmp.clone(), source: e })?;
+        Ok(OpenFile { tmp, final_path, rel, writer, rows: 0, last_used: self.tick })
+    }
+
+    /// Flushes the largest buffers until the open files together hold less than the budget.
+    fn enforce_budget(&mut self) -> Result<()> {
+        loop {
+            let total: usize = self.open.values().map(|f| f.writer.in_progress_size()).sum();
+            if total <= self.cfg.memory_budget {
+                return Ok(());
+            }
+            let Some(f) = self.open.values_mut().max_by_key(|f| f.writer.in_progress_size()) else { return Ok(()) };
+            f.writer.flush().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+        }
+    }
+
+    fn close(&mut self, dir: &str) -> Result<()> {
+        let Some(f) = self.open.remove(dir) else { return Ok(()) };
+        let file = f.writer.into_inner().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+        file.sync_all().map_err(io_err(&f.tmp))?;
+        let bytes = file.metadata().map_err(io_err(&f.tmp))?.len();
+        drop(file);
+        std::fs::rename(&f.tmp, &f.final_path).map_err(io_err(&f.final_path))?;
+        if let Some(parent) = f.final_path.parent() {
+            // make the rename durable where the platform allows it
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        self.files.push(FileInfo { path: f.rel, rows: f.rows, bytes });
+        Ok(())
+    }
+
+    /// Closes every file and returns what was written.
+    pub fn finish(mut self) -> Result<Vec<FileInfo>> {
+        let dirs: Vec<String> = self.open.keys().cloned().collect();
+        for d in dirs {
+            self.close(&d)?;
+        }
+        Ok(std::mem::take(&mut self.files))
+    }
+
+    /// Drops unfinished files (after a failed run). Finished files stay: they are named by run id.
+    pub fn abort(mut self) {
+        for (_, f) in self.open.drain() {
+            drop(f.writer);
+            let _ = std::fs::remove_file(&f.tmp);
+        }
+    }
+}
+
+/// Every `*.parquet` file (and stale `.part-*.tmp`) under `root`, relative paths.
+pub fn list_dataset_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let p = entry.path();
+            let ft = entry.file_type().map_err(io_err(&p))?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.ends_with(".parquet") || (name.starts_with(".part-") && name.ends_with(".tmp")) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes files and then the directories they leave empty (below `root`).
+pub fn remove_files(root: &Path, files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(f, e)),
+        }
+        let mut dir = f.parent();
+        while let Some(d) = dir {
+            if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    Ok(())
+}
