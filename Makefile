@@ -1,0 +1,38 @@
+# Everyday commands of b24-export. `make demo` and `make test` work on a fresh machine with Rust and Python 3.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CARGO  ?= cargo
+
+.PHONY: build demo test unit bench lint clean
+
+build:
+	$(CARGO) build --release
+
+## The main job on the simulated portal: 100,000 leads → ./demo-out/leads, then a DuckDB query.
+demo: build
+	./target/release/b24-export demo
+
+## The test readers (DuckDB, pyarrow) live in a local virtualenv.
+$(PY): tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $(PY)
+
+## All tests: unit tests and the integration tests against the simulated portal, read back with DuckDB and pyarrow.
+test: $(PY)
+	B24_PYTHON=$(abspath $(PY)) $(CARGO) test
+
+## Unit tests only (no Python needed).
+unit:
+	$(CARGO) test --lib
+
+## Benchmarks: export throughput and request economy against the simulated portal (prints figures).
+bench:
+	$(CARGO) bench --bench export
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,150 @@
+//! Helpers shared by the integration tests: the simulated portal, the real binary, and DuckDB/pyarrow readers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use b24_export::sim::data::{self, FieldDef, Truth, FIELDS};
+use b24_export::sim::{SimConfig, SimPortal};
+use serde_json::{json, Value};
+
+pub fn start_sim(cfg: SimConfig) -> SimPortal {
+    SimPortal::start(cfg, 0).expect("start the simulated portal")
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_b24-export"))
+}
+
+/// Runs `b24-export export` with extra args; returns the process output.
+pub fn export(webhook: &str, out: &Path, extra: &[&str]) -> Output {
+    bin()
+        .args(["--quiet", "export", "--webhook", webhook, "--out"])
+        .arg(out)
+        .args(extra)
+        .env_remove("B24_WEBHOOK_URL")
+        .output()
+        .expect("run b24-export")
+}
+
+pub fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+pub fn assert_success(o: &Output) {
+    let (out, err) = text(o);
+    assert!(o.status.success(), "b24-export failed ({:?})\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("b24-test-{name}-{}-{}", std::process::id(), fastrand::u32(..)));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("B24_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(venv.exists(), "no Python with duckdb and pyarrow: run `make test` (it creates .venv) or set B24_PYTHON");
+    venv
+}
+
+/// The dataset as DuckDB and pyarrow read it.
+pub struct Dataset {
+    pub duckdb_types: serde_json::Map<String, Value>,
+    pub arrow_types: serde_json::Map<String, Value>,
+    pub files: usize,
+    pub rows: Vec<serde_json::Map<String, Value>>,
+}
+
+pub fn read_dataset(dir: &Path) -> Dataset {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_dataset.py");
+    let o = Command::new(python()).arg(script).arg(dir).output().expect("run python");
+    assert!(o.status.success(), "read_dataset.py failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json from read_dataset.py");
+    let obj = |k: &str| v[k].as_object().cloned().unwrap();
+    Dataset {
+        duckdb_types: obj("duckdb_types"),
+        arrow_types: obj("arrow_types"),
+        files: v["files"].as_u64().unwrap() as usize,
+        rows: v["rows"].as_array().unwrap().iter().map(|r| r.as_object().cloned().unwrap()).collect(),
+    }
+}
+
+fn cents_text(c: i64) -> String {
+    format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, (c / 100).abs(), (c % 100).abs())
+}
+
+/// What DuckDB should show for a simulated value (timestamps as epoch µs, decimals and dates as text).
+/// Written from the simulator's typed truth, independently of the exporter's converter.
+pub fn expected(def: &FieldDef, t: &Truth) -> Value {
+    match t {
+        Truth::Null if def.multiple || def.ftype == data::FType::Multifield => json!([]),
+        Truth::Null => Value::Null,
+        Truth::Str(s) => json!(s),
+        Truth::Int(i) => json!(i),
+        Truth::Cents(c) => json!(cents_text(*c)),
+        Truth::Float(x) => json!(x),
+        Truth::Bool(b) => json!(b),
+        Truth::DateTime(s) => json!(s * 1_000_000),
+        Truth::Date(d) => json!(data::days_to_date(*d).format("%Y-%m-%d").to_string()),
+        Truth::Multi(ms) => Value::Array(
+            ms.iter().map(|m| json!({"id": m.id, "value_type": m.value_type, "value": m.value, "type_id": m.type_id})).collect(),
+        ),
+        Truth::Money { cents, currency } => json!({"amount": cents_text(*cents), "currency": currency}),
+        Truth::File { id } => json!({"id": id}),
+        Truth::List(items) => Value::Array(items.iter().map(|i| expected(def, i)).collect()),
+    }
+}
+
+/// Compares one exported row with the simulator's truth for that lead; returns the mismatches.
+pub fn compare_row(row: &serde_json::Map<String, Value>, truth: &[Truth], skip: &[&str]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (def, t) in FIELDS.iter().zip(truth) {
+        let col = def.name.to_ascii_lowercase();
+        if skip.contains(&col.as_str()) {
+            continue;
+        }
+        let Some(got) = row.get(&col) else {
+            bad.push(format!("{col}: missing column"));
+            continue;
+        };
+        let want = if def.listed { expected(def, t) } else { json!([]) };
+        let ok = match (&want, got) {
+            (Value::Number(a), Value::Number(b)) => (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9,
+            (Value::Object(w), Value::Object(g)) if def.ftype == data::FType::UfFile => {
+                let url = g.get("show_url").and_then(Value::as_str).unwrap_or("");
+                w["id"] == g["id"] && url.contains(&format!("fileId={}", w["id"])) && !url.contains("auth=")
+            }
+            (a, b) => a == b,
+        };
+        if !ok {
+            bad.push(format!("{col}: want {want}, got {got}"));
+        }
+    }
+    bad
+}
+
+/// Every byte of every file under `dir` — to check that no secret was written.
+pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.extend(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
