@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::export::{self, ExportOptions, ExportSummary};
 use crate::secret::Webhook;
 use crate::sim::{SimConfig, SimPortal};
-use crate::sink::partition::{PartitionSpec, PARTITION_CHOICES};
+use crate::sink::partition::PartitionSpec;
 
 #[derive(Parser, Debug)]
 #[command(name = "b24-export", version, about = "Export Bitrix24 CRM leads into typed, hive-partitioned Parquet")]
@@ -265,7 +265,7 @@ pub fn run(cli: Cli) -> Result<()> {
             for f in files.iter().take(3) {
                 println!("  {}/{}", summary.dataset.display(), f);
             }
-            println!("\nquery it with DuckDB (partition: {}):", PARTITION_CHOICES.split(", ").nth(2).unwrap_or(""));
+            println!("\nquery it with DuckDB (hive partitions by date_create_month):");
             println!("  {}", export::duckdb_query(&summary.dataset));
             println!(
                 "  SELECT date_create_month, status_id, count(*) AS leads, sum(opportunity) AS total\n    FROM read_parquet('{}/**/*.parquet', hive_partitioning = true)\n    GROUP BY ALL ORDER BY ALL LIMIT 10;",

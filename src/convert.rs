@@ -13,6 +13,7 @@ use arrow_array::{ArrayRef, ListArray, RecordBatch, StructArray};
 use arrow_buffer::{NullBufferBuilder, OffsetBuffer};
 use arrow_schema::{DataType, Field, SchemaRef};
 use chrono::{DateTime, NaiveDate};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{BadValue, Error, Result};
@@ -329,16 +330,25 @@ fn record_id(row: &Value) -> String {
     }
 }
 
-/// Converts records (JSON objects) into a batch with `schema` (built from `cols` by [`crate::schema::arrow_schema`]).
-pub fn convert_rows(rows: &[Value], cols: &[Column], schema: &SchemaRef) -> Result<RecordBatch> {
-    if let Some(bad) = rows.iter().find(|r| !r.is_object()) {
-        return Err(BadValue { field: "(record)".into(), record_id: "?".into(), value: shown(Some(bad)), expected: "a JSON object".into() }.into());
+/// Appends records one at a time and produces a batch; records need not be kept around.
+pub struct BatchBuilder<'a> {
+    cols: &'a [Column],
+    schema: SchemaRef,
+    builders: Vec<Builder>,
+}
+
+impl<'a> BatchBuilder<'a> {
+    pub fn new(cols: &'a [Column], schema: &SchemaRef, capacity: usize) -> Self {
+        BatchBuilder { cols, schema: schema.clone(), builders: cols.iter().map(|c| Builder::new(&c.kind, capacity)).collect() }
     }
-    let mut arrays = Vec::with_capacity(cols.len());
-    for col in cols {
-        let mut b = Builder::new(&col.kind, rows.len());
-        for row in rows {
-            let v = row.get(&col.source);
+
+    /// Appends one record (a JSON object).
+    pub fn append(&mut self, row: &Value) -> Result<()> {
+        let Value::Object(obj) = row else {
+            return Err(BadValue { field: "(record)".into(), record_id: "?".into(), value: shown(Some(row)), expected: "a JSON object".into() }.into());
+        };
+        for (col, b) in self.cols.iter().zip(self.builders.iter_mut()) {
+            let v = obj.get(&col.source);
             b.append(v).map_err(|why| {
                 Error::from(BadValue {
                     field: col.source.clone(),
@@ -348,9 +358,35 @@ pub fn convert_rows(rows: &[Value], cols: &[Column], schema: &SchemaRef) -> Resu
                 })
             })?;
         }
-        arrays.push(b.finish());
+        Ok(())
     }
-    Ok(RecordBatch::try_new(schema.clone(), arrays)?)
+
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+}
+
+/// Converts records (JSON objects) into a batch with `schema` (built from `cols` by [`crate::schema::arrow_schema`]).
+pub fn convert_rows(rows: &[Value], cols: &[Column], schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut b = BatchBuilder::new(cols, schema, rows.len());
+    for row in rows {
+        b.append(row)?;
+    }
+    b.finish()
+}
+
+/// Converts a fetched page: raw JSON arrays of records, parsed one list call (≤ 50 records) at a time.
+pub fn convert_page(chunks: &[Box<RawValue>], rows: usize, cols: &[Column], schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut b = BatchBuilder::new(cols, schema, rows);
+    for chunk in chunks {
+        let records: Vec<Value> = serde_json::from_str(chunk.get())
+            .map_err(|e| Error::Internal(format!("a page that parsed while fetching did not parse again: {e}")))?;
+        for r in &records {
+            b.append(r)?;
+        }
+    }
+    b.finish()
 }
 
 #[cfg(test)]

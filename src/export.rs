@@ -93,7 +93,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
 
     // 1. field metadata → columns
-    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.result;
+    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
     schema::check_filter(&opts.filter, &meta)?;
     let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
     let cols = schema::build_columns(&meta, opts.select.as_deref(), &required)?;
@@ -114,14 +114,14 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
 
     // 2. pipeline threads: convert → write
     let progress = Progress::new(stats.clone(), opts.progress);
-    let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(4);
-    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<RecordBatch>(4);
+    let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(2);
+    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<RecordBatch>(2);
     let conv_schema = arrow_schema.clone();
     let converter = std::thread::Builder::new()
         .name("convert".into())
         .spawn(move || -> Result<()> {
             while let Some(page) = page_rx.blocking_recv() {
-                let batch = crate::convert::convert_rows(&page.rows, &cols, &conv_schema)?;
+                let batch = crate::convert::convert_page(&page.chunks, page.rows, &cols, &conv_schema)?;
                 if batch_tx.send(batch).is_err() {
                     break; // the writer failed; it reports why
                 }

@@ -8,6 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -36,9 +38,11 @@ pub struct FetchSpec {
     pub max_retries: u32,
 }
 
-/// A batch of fetched records, in no particular order.
+/// Fetched records, in no particular order: each chunk is the raw JSON array one list call returned.
+/// Kept as text until conversion, so pages in flight cost their size on the wire, not a `Value` tree.
 pub struct Page {
-    pub rows: Vec<Value>,
+    pub chunks: Vec<Box<RawValue>>,
+    pub rows: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -74,23 +78,38 @@ fn command(spec: &FetchSpec, params: &Map<String, Value>) -> String {
     format!("{}?{}", spec.method, php_query::encode(params))
 }
 
-fn record_id(row: &Value) -> Option<i64> {
-    match row.get("ID")? {
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdValue {
+    Text(String),
+    Number(i64),
+    Other(serde::de::IgnoredAny),
 }
 
-fn rows_of(method: &str, key: &str, v: Value) -> Result<Vec<Value>, PortalError> {
-    match v {
-        Value::Array(a) => Ok(a),
-        other => Err(PortalError::Protocol {
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(rename = "ID", default)]
+    id: Option<IdValue>,
+}
+
+/// The IDs of a raw list result (a JSON array of records), without building the records.
+fn ids_of(method: &str, key: &str, raw: &RawValue) -> Result<Vec<Option<i64>>, PortalError> {
+    let rows: Vec<IdOnly> = serde_json::from_str(raw.get()).map_err(|e| {
+        let found = serde_json::from_str::<Value>(raw.get()).map(|v| kind_of(&v)).unwrap_or("unreadable JSON");
+        PortalError::Protocol {
             method: method.into(),
             status: 200,
-            message: format!("command {key}: expected a list of records, got {}", kind_of(&other)),
-        }),
-    }
+            message: format!("command {key}: expected a list of records, got {found} ({e})"),
+        }
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|r| match r.id {
+            Some(IdValue::Text(s)) => s.trim().parse().ok(),
+            Some(IdValue::Number(n)) => Some(n),
+            _ => None,
+        })
+        .collect())
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -126,9 +145,9 @@ async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<(i64, i
             tokio::time::sleep(std::time::Duration::from_millis(500 * attempts as u64)).await;
             continue;
         };
-        let min = rows_of(&spec.method, "min", min)?;
-        let max = rows_of(&spec.method, "max", max)?;
-        return match (min.first().and_then(record_id), max.first().and_then(record_id)) {
+        let min = ids_of(&spec.method, "min", &min)?;
+        let max = ids_of(&spec.method, "max", &max)?;
+        return match (min.first().copied().flatten(), max.first().copied().flatten()) {
             (Some(lo), Some(hi)) if lo <= hi => Ok(Some((lo, hi))),
             (None, None) => Ok(None),
             _ => Err(PortalError::Protocol { method: spec.method.clone(), status: 200, message: "the ID probe returned records without a usable ID".into() }),
@@ -218,7 +237,8 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
         if let Some(e) = fatal_error(&spec, &out, 1) {
             return Err(e.into());
         }
-        let mut rows_out = Vec::new();
+        let mut chunks = Vec::new();
+        let mut page_rows = 0usize;
         for (&i, sent) in picked.iter().zip(&snapshot) {
             let key = format!("r{i}");
             let r = ranges.map.get_mut(&i).expect("in flight");
@@ -239,13 +259,13 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                 continue;
             };
             r.failures = 0;
-            let rows = rows_of(&spec.method, &key, res)?;
+            let ids = ids_of(&spec.method, &key, &res)?;
             let mut last = sent.last;
-            for row in &rows {
-                let id = record_id(row).ok_or_else(|| PortalError::Protocol {
+            for (n, id) in ids.iter().enumerate() {
+                let id = id.ok_or_else(|| PortalError::Protocol {
                     method: spec.method.clone(),
                     status: 200,
-                    message: format!("a record without a numeric ID: {}", crate::secret::redact(&truncate(&row.to_string(), 200))),
+                    message: format!("record {n} of the page after ID {} has no numeric ID", sent.last),
                 })?;
                 if id <= last || id >= sent.hi {
                     return Err(PortalError::Protocol {
@@ -260,22 +280,22 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                 }
                 last = id;
             }
-            if rows.len() < PAGE {
+            if ids.len() < PAGE {
                 ranges.map.remove(&i); // a short page ends the cursor: the range is exhausted
             } else {
                 r.last = last;
             }
-            rows_out.extend(rows);
+            if !ids.is_empty() {
+                page_rows += ids.len();
+                chunks.push(res);
+            }
         }
-        fetched += rows_out.len() as u64;
-        progress.add_leads(rows_out.len() as u64);
-        if !rows_out.is_empty() && tx.send(Page { rows: rows_out }).await.is_err() {
+        fetched += page_rows as u64;
+        progress.add_leads(page_rows as u64);
+        if page_rows > 0 && tx.send(Page { chunks, rows: page_rows }).await.is_err() {
             return Err(crate::error::Error::Internal("the converter stopped".into()));
         }
     }
     Ok(fetched)
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::PortalError;
@@ -53,19 +55,39 @@ pub struct ClientStats {
     pub retries: AtomicU64,
 }
 
-/// A success envelope: `{"result": …, "next": n, "total": n, "time": {…}}`.
+/// A response body as parsed off the wire; `result` stays raw JSON text until someone needs it.
+#[derive(Debug, Deserialize)]
+struct RawEnvelope {
+    result: Option<Box<RawValue>>,
+    error: Option<Value>,
+    error_description: Option<String>,
+    next: Option<u64>,
+    total: Option<u64>,
+    time: Option<Value>,
+}
+
+/// A success envelope: `{"result": …, "next": n, "total": n, "time": {…}}`. `result` is kept as raw JSON, so
+/// large pages are not turned into a `Value` tree on the fetch path.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    pub result: Value,
+    pub result: Box<RawValue>,
     pub next: Option<u64>,
     pub total: Option<u64>,
     pub time: Option<Value>,
 }
 
-/// The outcome of one `batch` request: per-command results and errors.
+impl Envelope {
+    /// The result as a JSON value (for small results such as field metadata).
+    pub fn value(&self) -> Result<Value, PortalError> {
+        serde_json::from_str(self.result.get())
+            .map_err(|e| PortalError::Protocol { method: "-".into(), status: 200, message: format!("bad result: {e}") })
+    }
+}
+
+/// The outcome of one `batch` request: per-command results (raw JSON) and errors.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
-    pub results: HashMap<String, Value>,
+    pub results: HashMap<String, Box<RawValue>>,
     /// command key → (error code, description)
     pub errors: HashMap<String, (String, String)>,
 }
@@ -163,20 +185,19 @@ impl PortalClient {
             .map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
-        let parsed: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        };
-        let Some(mut obj) = parsed else {
-            let what = format!("HTTP {status} with a body that is not a JSON object ({} bytes)", bytes.len());
-            if status >= 500 || status == 200 {
-                return Err(Failure::Transient(what)); // e.g. a truncated body: never an empty page
+        let env: RawEnvelope = match serde_json::from_slice(&bytes) {
+            Ok(e) => e,
+            Err(_) => {
+                let what = format!("HTTP {status} with a body that is not a JSON object ({} bytes)", bytes.len());
+                if status >= 500 || status == 200 {
+                    return Err(Failure::Transient(what)); // e.g. a truncated body: never an empty page
+                }
+                return Err(Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: what }));
             }
-            return Err(Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: what }));
         };
-        if let Some(code) = obj.get("error") {
+        if let Some(code) = env.error {
             let code = code.as_str().map(str::to_string).unwrap_or_else(|| code.to_string());
-            let desc = obj.get("error_description").and_then(Value::as_str).unwrap_or("").to_string();
+            let desc = env.error_description.unwrap_or_default();
             if code == "QUERY_LIMIT_EXCEEDED" {
                 return Err(Failure::RateLimited(format!("{code} ({desc}) [HTTP {status}]")));
             }
@@ -191,15 +212,10 @@ impl PortalClient {
                 Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: what })
             });
         }
-        let Some(result) = obj.remove("result") else {
+        let Some(result) = env.result else {
             return Err(Failure::Transient(format!("HTTP {status} without `result`")));
         };
-        Ok(Envelope {
-            result,
-            next: obj.get("next").and_then(Value::as_u64),
-            total: obj.get("total").and_then(Value::as_u64),
-            time: obj.remove("time"),
-        })
+        Ok(Envelope { result, next: env.next, total: env.total, time: env.time })
     }
 
     /// Calls a REST method with a JSON body, retrying transient failures.
@@ -233,23 +249,39 @@ impl PortalClient {
         let cmd: Map<String, Value> = cmds.iter().map(|(k, c)| (k.clone(), Value::String(c.clone()))).collect();
         let params = serde_json::json!({"halt": 0, "cmd": cmd});
         let env = self.call("batch", &params).await?;
+        let bad = |m: String| PortalError::Protocol { method: "batch".into(), status: 200, message: m };
+        let inner: BatchInner = serde_json::from_str(env.result.get()).map_err(|e| bad(format!("unreadable batch result: {e}")))?;
         let mut out = BatchOutcome::default();
-        let Value::Object(mut inner) = env.result else {
-            return Err(PortalError::Protocol { method: "batch".into(), status: 200, message: "`result` is not an object".into() });
-        };
-        // PHP serializes empty maps as [] — only objects carry entries
-        if let Some(Value::Object(m)) = inner.remove("result") {
-            out.results.extend(m);
-        }
-        if let Some(Value::Object(m)) = inner.remove("result_error") {
-            for (k, e) in m {
-                let code = e.get("error").map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).unwrap_or_default();
-                let desc = e.get("error_description").and_then(Value::as_str).unwrap_or("").to_string();
-                out.errors.insert(k, (code, desc));
+        // PHP serializes an empty map as [] and a map with keys 0..n as a list
+        match inner.result {
+            Some(raw) if raw.get().trim_start().starts_with('{') => {
+                let m: HashMap<String, Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+                out.results = m;
             }
+            Some(raw) => {
+                let v: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+                out.results = v.into_iter().enumerate().map(|(i, r)| (i.to_string(), r)).collect();
+            }
+            None => {}
+        }
+        let errors = match inner.result_error {
+            Some(Value::Object(m)) => m.into_iter().collect::<Vec<_>>(),
+            Some(Value::Array(a)) => a.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            _ => Vec::new(),
+        };
+        for (k, e) in errors {
+            let code = e.get("error").map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).unwrap_or_default();
+            let desc = e.get("error_description").and_then(Value::as_str).unwrap_or("").to_string();
+            out.errors.insert(k, (code, desc));
         }
         Ok(out)
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchInner {
+    result: Option<Box<RawValue>>,
+    result_error: Option<Value>,
 }
 
 /// A transport error without the URL (which carries the webhook code).

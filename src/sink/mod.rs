@@ -1,8 +1,14 @@
 //! Sinks: partitioned Parquet files under `OUT/<dataset>/`.
 //!
 //! A file is written under a hidden temporary name (`.part-….parquet.tmp`, which no `*.parquet` glob matches)
-//! and renamed to `part-<run id>-<n>.parquet` only when complete and synced. Writers flush row groups when the
-//! buffered data of all open files passes a memory budget, so memory does not grow with the portal.
+//! and renamed to `part-<run id>-<n>.parquet` only when complete and synced.
+//!
+//! Memory: rows are buffered per partition as Arrow batches (compact, exactly measurable). A partition's buffer
+//! becomes a row group when it reaches `row_group_rows`, or — when all buffers together pass `memory_budget` —
+//! the largest buffer is written out early. Only a few Parquet writers are open at once (each holds encoder
+//! state for every column, which is what made "one open writer per partition" grow with the data), so memory is
+//! bounded by the budget, whatever the number of leads or partitions. The price of a small budget is more,
+//! smaller files per partition.
 
 pub mod partition;
 
@@ -33,9 +39,9 @@ pub struct SinkConfig {
     pub row_group_rows: usize,
     /// A file is closed and a new one started after this many rows.
     pub max_rows_per_file: u64,
-    /// Buffered (not yet flushed) bytes of all open files together.
+    /// Arrow bytes buffered in all partitions together before the largest buffer is written out.
     pub memory_budget: usize,
-    /// Files open at once; the least recently used is closed beyond that.
+    /// Parquet files open at once; the least recently used is closed (finished) beyond that.
     pub max_open_files: usize,
 }
 
@@ -47,7 +53,7 @@ impl SinkConfig {
             partition,
             row_group_rows: 128 * 1024,
             max_rows_per_file: 5_000_000,
-            memory_budget: 256 << 20,
+            memory_budget: 64 << 20,
             max_open_files: 256,
         }
     }
@@ -78,6 +84,9 @@ pub struct DatasetWriter {
     /// Indices of the batch columns that go into files (all but a moved partition column).
     keep: Vec<usize>,
     open: HashMap<String, OpenFile>,
+    /// Rows waiting per partition directory: (batches, rows, Arrow bytes).
+    buffered: HashMap<String, (Vec<RecordBatch>, usize, usize)>,
+    buffered_bytes: usize,
     seq: u64,
     tick: u64,
     files: Vec<FileInfo>,
@@ -102,10 +111,26 @@ impl DatasetWriter {
             .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
             .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), cfg.run_id.clone())]));
         if file_schema.field_with_name("id").is_ok() {
-            props = props.set_column_bloom_filter_enabled(ColumnPath::from("id"), true);
+            // A bloom filter is allocated for its NDV and kept in memory until the file closes, once per row
+            // group: size it for a typical partition, not parquet's default of a million values (~1 MiB each).
+            props = props
+                .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
+                .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
+                .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
         }
         std::fs::create_dir_all(&cfg.root).map_err(io_err(&cfg.root))?;
-        Ok(DatasetWriter { cfg, props: props.build(), file_schema, keep, open: HashMap::new(), seq: 0, tick: 0, files: Vec::new() })
+        Ok(DatasetWriter {
+            cfg,
+            props: props.build(),
+            file_schema,
+            keep,
+            open: HashMap::new(),
+            buffered: HashMap::new(),
+            buffered_bytes: 0,
+            seq: 0,
+            tick: 0,
+            files: Vec::new(),
+        })
     }
 
     /// Writes a batch (with the full schema given to [`DatasetWriter::new`]).
@@ -116,7 +141,7 @@ impl DatasetWriter {
         match self.cfg.partition.row_dirs(batch)? {
             None => {
                 let b = batch.project(&self.keep)?;
-                self.write_to(String::new(), &b)?;
+                self.buffer(String::new(), b)?;
             }
             Some(dirs) => {
                 let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
@@ -135,11 +160,37 @@ impl DatasetWriter {
                         arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))?
                     };
                     let b = part.project(&self.keep)?;
-                    self.write_to(dir, &b)?;
+                    self.buffer(dir, b)?;
                 }
             }
         }
         self.enforce_budget()
+    }
+
+    fn buffer(&mut self, dir: String, batch: RecordBatch) -> Result<()> {
+        let bytes = batch.get_array_memory_size();
+        let entry = self.buffered.entry(dir.clone()).or_default();
+        entry.1 += batch.num_rows();
+        entry.2 += bytes;
+        entry.0.push(batch);
+        self.buffered_bytes += bytes;
+        if entry.1 >= self.cfg.row_group_rows {
+            self.spill(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a partition's buffered rows as one row group.
+    fn spill(&mut self, dir: &str) -> Result<()> {
+        let Some((batches, _, bytes)) = self.buffered.remove(dir) else { return Ok(()) };
+        self.buffered_bytes -= bytes;
+        for b in &batches {
+            self.write_to(dir.to_string(), b)?;
+        }
+        if let Some(f) = self.open.get_mut(dir) {
+            f.writer.flush().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+        }
+        Ok(())
     }
 
     fn write_to(&mut self, dir: String, batch: &RecordBatch) -> Result<()> {
@@ -176,16 +227,13 @@ impl DatasetWriter {
         Ok(OpenFile { tmp, final_path, rel, writer, rows: 0, last_used: self.tick })
     }
 
-    /// Flushes the largest buffers until the open files together hold less than the budget.
+    /// Writes out the largest buffers until all buffers together fit the budget.
     fn enforce_budget(&mut self) -> Result<()> {
-        loop {
-            let total: usize = self.open.values().map(|f| f.writer.in_progress_size()).sum();
-            if total <= self.cfg.memory_budget {
-                return Ok(());
-            }
-            let Some(f) = self.open.values_mut().max_by_key(|f| f.writer.in_progress_size()) else { return Ok(()) };
-            f.writer.flush().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+        while self.buffered_bytes > self.cfg.memory_budget {
+            let Some(dir) = self.buffered.iter().max_by_key(|(_, b)| b.2).map(|(k, _)| k.clone()) else { break };
+            self.spill(&dir)?;
         }
+        Ok(())
     }
 
     fn close(&mut self, dir: &str) -> Result<()> {
@@ -207,6 +255,12 @@ impl DatasetWriter {
 
     /// Closes every file and returns what was written.
     pub fn finish(mut self) -> Result<Vec<FileInfo>> {
+        let mut pending: Vec<String> = self.buffered.keys().cloned().collect();
+        pending.sort();
+        for d in pending {
+            self.spill(&d)?;
+            self.close(&d)?; // this partition is complete: don't keep its writer around
+        }
         let dirs: Vec<String> = self.open.keys().cloned().collect();
         for d in dirs {
             self.close(&d)?;
@@ -266,4 +320,57 @@ pub fn remove_files(root: &Path, files: &[PathBuf]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn read_ids(root: &Path) -> (Vec<i64>, Vec<PathBuf>) {
+        let files: Vec<PathBuf> = list_dataset_files(root).unwrap();
+        let mut ids = Vec::new();
+        for f in &files {
+            assert!(f.extension().is_some_and(|e| e == "parquet"), "unfinished file left: {f:?}");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap()).unwrap().build().unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                assert!(b.column_by_name("status_id").is_none(), "partition column repeated inside a file");
+                ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+            }
+        }
+        ids.sort();
+        (ids, files)
+    }
+
+    #[test]
+    fn a_tiny_budget_and_one_open_file_still_write_every_row_once() {
+        let root = std::env::temp_dir().join(format!("b24-sink-{}-{}", std::process::id(), fastrand::u32(..)));
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("status_id", DataType::Utf8, true)]));
+        let mut cfg = SinkConfig::new(root.clone(), "run1".into(), PartitionSpec::Status);
+        cfg.memory_budget = 1; // every batch spills
+        cfg.max_open_files = 1; // and writers are evicted all the time
+        cfg.row_group_rows = 7;
+        let mut w = DatasetWriter::new(cfg, &schema).unwrap();
+        let statuses = ["NEW", "JUNK", "C2:NEW/x", ""];
+        for chunk in 0..20i64 {
+            let ids: Vec<i64> = (0..10).map(|i| chunk * 10 + i).collect();
+            let st: Vec<Option<&str>> = ids.iter().map(|i| Some(statuses[(*i % 4) as usize])).collect();
+            let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(st))]).unwrap();
+            w.write(&b).unwrap();
+        }
+        let files = w.finish().unwrap();
+        let (ids, paths) = read_ids(&root);
+        assert_eq!(ids, (0..200).collect::<Vec<_>>());
+        assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 200);
+        assert!(paths.len() > 4, "evictions should have produced several files per partition");
+        let names: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        assert!(names.iter().any(|n| n.contains("status_id=C2%3ANEW%2Fx/")));
+        assert!(names.iter().any(|n| n.contains(&format!("status_id={}/", partition::HIVE_NULL))));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
