@@ -45,8 +45,8 @@ pub struct LimitArgs {
     /// Retries of a transient failure (503, 429, 5xx, timeouts, broken connections) before giving up.
     #[arg(long, default_value_t = 8)]
     pub max_retries: u32,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 90)]
+    /// Per-request timeout in seconds (the cloud portal cuts requests at 60 s).
+    #[arg(long, default_value_t = 75)]
     pub timeout: u64,
     /// Batch requests in flight at once (each carries up to 50 list calls).
     #[arg(long, default_value_t = 2)]

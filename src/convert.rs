@@ -126,7 +126,9 @@ pub fn parse_timestamp(v: Option<&Value>) -> Result<Option<i64>, Why> {
         .map_err(|_| "not an ISO 8601 date-time with offset".into())
 }
 
-/// A date field: the portal writes midnight UTC in its own offset; the UTC date is the value.
+/// A date field: the portal writes midnight UTC in its own offset (`2000-01-01T02:00:00+02:00`); the UTC date
+/// is the value. The instant is rounded to the nearest UTC midnight, because the portal shifts by *today's*
+/// offset, which can differ from the date's own by a daylight-saving hour (`…T23:00:00Z` means the next day).
 /// A plain `YYYY-MM-DD` is taken as is.
 pub fn parse_date(v: Option<&Value>) -> Result<Option<i32>, Why> {
     if is_empty(v) {
@@ -135,7 +137,10 @@ pub fn parse_date(v: Option<&Value>) -> Result<Option<i32>, Why> {
     let Some(Value::String(s)) = v else { return Err("not a date string".into()) };
     let s = s.trim();
     let date = match DateTime::parse_from_rfc3339(s) {
-        Ok(d) => d.naive_utc().date(),
+        Ok(d) => {
+            let secs = d.timestamp() + 12 * 3600;
+            return Ok(Some(secs.div_euclid(86_400) as i32));
+        }
         Err(_) => NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| "not an ISO 8601 date")?,
     };
     Ok(Some(chrono::Datelike::num_days_from_ce(&date) - UNIX_EPOCH_DAYS_FROM_CE))
@@ -415,6 +420,11 @@ mod tests {
         assert_eq!(parse_date(Some(&json!("2000-01-01T02:00:00+02:00"))), Ok(Some(days)));
         assert_eq!(parse_date(Some(&json!("1999-12-31T19:00:00-05:00"))), Ok(Some(days)));
         assert_eq!(parse_date(Some(&json!("2000-01-01"))), Ok(Some(days)));
+        // a daylight-saving hour between the date's offset and today's: still the same day
+        assert_eq!(parse_date(Some(&json!("2000-01-01T01:00:00+02:00"))), Ok(Some(days)));
+        assert_eq!(parse_date(Some(&json!("2000-01-01T03:00:00+02:00"))), Ok(Some(days)));
+        assert_eq!(parse_date(Some(&json!("1969-12-31T22:00:00-02:00"))), Ok(Some(0)));
+        assert_eq!(parse_date(Some(&json!("1960-06-15T00:00:00+00:00"))), Ok(Some(-3487)));
         assert_eq!(parse_date(Some(&json!(""))), Ok(None));
         assert_eq!(parse_timestamp(Some(&json!("2021-05-31T15:10:16+02:00"))), Ok(Some(1_622_466_616_000_000)));
         assert_eq!(parse_timestamp(Some(&json!(""))), Ok(None));

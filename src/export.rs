@@ -56,6 +56,8 @@ pub struct ExportSummary {
 }
 
 pub const DATASET: &str = "leads";
+/// Unpublished files of runs in progress, beside the datasets: `OUT/.b24-staging/<run id>/`.
+pub const STAGING: &str = ".b24-staging";
 
 fn new_run_id() -> String {
     format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), fastrand::u16(..))
@@ -73,6 +75,11 @@ fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
         )));
     }
     std::fs::create_dir_all(&dataset).map_err(|e| Error::io(&dataset, e))?;
+    // leftovers of runs that were killed: never published, safe to drop (one run per OUT at a time)
+    let staging = opts.out.join(STAGING);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    }
     let probe = dataset.join(".b24-export-write-check");
     std::fs::write(&probe, b"ok").map_err(|e| Error::io(&probe, e))?;
     let _ = std::fs::remove_file(&probe);
@@ -94,7 +101,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
 
     // 1. field metadata → columns
     let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
-    schema::check_filter(&opts.filter, &meta)?;
+    let filter = schema::canonical_filter(&opts.filter, &meta)?;
     let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
     let cols = schema::build_columns(&meta, opts.select.as_deref(), &required)?;
     for r in &required {
@@ -106,7 +113,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let spec = Arc::new(FetchSpec {
         method: "crm.lead.list".into(),
         select: schema::request_select(&cols, opts.select.is_none()),
-        filter: opts.filter.clone(),
+        filter,
         concurrency: opts.concurrency,
         max_retries: opts.client.max_retries,
     });
@@ -129,7 +136,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
             Ok(())
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
-    let sink_cfg = SinkConfig::new(dataset.clone(), run_id.clone(), opts.partition.clone());
+    let staging_run = opts.out.join(STAGING).join(&run_id);
+    let sink_cfg = SinkConfig::new(staging_run.join(DATASET), run_id.clone(), opts.partition.clone());
     let writer_progress = progress.clone();
     let writer_schema = arrow_schema.clone();
     let writer = std::thread::Builder::new()
@@ -158,20 +166,29 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         (Err(e), _, _) => Err(e),
     };
-    let (leads, files) = match outcome {
+    let checked = outcome.and_then(|(leads, files)| {
+        let written_rows: u64 = files.iter().map(|f| f.rows).sum();
+        if written_rows != leads {
+            return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
+        }
+        Ok((leads, files))
+    });
+    let (leads, files) = match checked {
         Ok(x) => x,
         Err(e) => {
-            remove_run_files(&dataset, &run_id);
+            let _ = std::fs::remove_dir_all(&staging_run); // a failed run publishes nothing
             return Err(e);
         }
     };
-    let written_rows: u64 = files.iter().map(|f| f.rows).sum();
-    if written_rows != leads {
-        remove_run_files(&dataset, &run_id);
-        return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
-    }
 
-    // 4. the new dataset is complete: remove the one it replaces
+    // 4. the run is complete: publish its files, then remove the dataset it replaces
+    if let Err(e) = sink::publish(&staging_run.join(DATASET), &dataset, &files) {
+        remove_run_files(&dataset, &run_id);
+        let _ = std::fs::remove_dir_all(&staging_run);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&staging_run);
+    let _ = std::fs::remove_dir(opts.out.join(STAGING));
     let replaced = previous.len();
     sink::remove_files(&dataset, &previous)?;
     Ok(ExportSummary {

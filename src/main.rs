@@ -6,7 +6,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use b24_export::cli::{run, Cli};
-use b24_export::secret::{install_panic_redaction, redact};
+use b24_export::secret::{install_panic_redaction, redact, register_codes_in};
 
 /// A stderr writer that redacts registered secrets from every log line.
 struct RedactingStderr;
@@ -31,7 +31,26 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 fn main() -> ExitCode {
     install_panic_redaction();
-    let cli = Cli::parse();
+    // register webhook codes before anything can echo them, including the argument parser's own errors
+    for arg in std::env::args() {
+        register_codes_in(&arg);
+    }
+    if let Ok(v) = std::env::var("B24_WEBHOOK_URL") {
+        register_codes_in(&v);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let rendered = if e.use_stderr() { e.render().to_string() } else { e.render().ansi().to_string() };
+            if e.use_stderr() {
+                eprint!("{}", redact(&rendered));
+            } else {
+                print!("{}", redact(&rendered));
+            }
+            return ExitCode::from(code as u8);
+        }
+    };
     let default = if cli.quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("B24_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()

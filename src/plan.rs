@@ -147,11 +147,13 @@ async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<(i64, i
         };
         let min = ids_of(&spec.method, "min", &min)?;
         let max = ids_of(&spec.method, "max", &max)?;
-        return match (min.first().copied().flatten(), max.first().copied().flatten()) {
-            (Some(lo), Some(hi)) if lo <= hi => Ok(Some((lo, hi))),
-            (None, None) => Ok(None),
-            _ => Err(PortalError::Protocol { method: spec.method.clone(), status: 200, message: "the ID probe returned records without a usable ID".into() }),
-        };
+        match (min.first().copied().flatten(), max.first().copied().flatten(), min.is_empty(), max.is_empty()) {
+            (Some(lo), Some(hi), _, _) if lo <= hi => return Ok(Some((lo, hi))),
+            (None, None, true, true) => return Ok(None),
+            // a lead created or deleted between the two commands: look again
+            (_, _, a, b) if a != b && attempts <= spec.max_retries => continue,
+            _ => return Err(PortalError::Protocol { method: spec.method.clone(), status: 200, message: "the ID probe returned records without a usable ID".into() }),
+        }
     }
 }
 
@@ -239,6 +241,8 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
         }
         let mut chunks = Vec::new();
         let mut page_rows = 0usize;
+        let mut worst_failures = 0u32;
+        let mut failed_steps = 0usize;
         for (&i, sent) in picked.iter().zip(&snapshot) {
             let key = format!("r{i}");
             let r = ranges.map.get_mut(&i).expect("in flight");
@@ -256,6 +260,8 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                     }
                     .into());
                 }
+                worst_failures = worst_failures.max(r.failures);
+                failed_steps += 1;
                 continue;
             };
             r.failures = 0;
@@ -289,6 +295,12 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                 page_rows += ids.len();
                 chunks.push(res);
             }
+        }
+        if worst_failures > 0 {
+            // some cursor steps failed inside the batch: back off before sending them again
+            let delay = client.backoff(worst_failures - 1);
+            tracing::warn!("{failed_steps} cursor step(s) failed inside a batch; retrying in {:.1}s", delay.as_secs_f64());
+            tokio::time::sleep(delay).await;
         }
         fetched += page_rows as u64;
         progress.add_leads(page_rows as u64);

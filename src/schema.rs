@@ -264,22 +264,46 @@ mod tests {
     }
 }
 
-/// The field a `crm.lead.list` filter key applies to (`>=DATE_CREATE` → `DATE_CREATE`).
-pub fn filter_field(key: &str) -> &str {
+/// Splits a `crm.lead.list` filter key into its operator prefix and field (`>=DATE_CREATE` → `>=`, `DATE_CREATE`).
+pub fn split_filter_key(key: &str) -> (&str, &str) {
     const PREFIXES: &[&str] = &["!=%", "!%=", "!@", "!=", "!%", ">=", "<=", "=%", "%=", "!", ">", "<", "@", "%", "="];
-    PREFIXES.iter().find_map(|p| key.strip_prefix(p)).unwrap_or(key)
+    PREFIXES
+        .iter()
+        .find_map(|p| key.strip_prefix(p).map(|rest| (&key[..p.len()], rest)))
+        .unwrap_or(("", key))
 }
 
-/// The portal silently ignores filter keys it does not know — which would export everything. Refuse them.
-pub fn check_filter(filter: &Map<String, Value>, meta: &Value) -> Result<()> {
-    let Value::Object(fields) = meta else { return Ok(()) };
-    for key in filter.keys() {
-        let f = filter_field(key);
-        if !fields.keys().any(|k| k.eq_ignore_ascii_case(f)) {
+/// The portal silently ignores filter keys it does not know — which would export everything. Refuses unknown
+/// fields and rewrites known ones to the portal's spelling (`status_id` → `STATUS_ID`), since the portal
+/// matches names exactly.
+pub fn canonical_filter(filter: &Map<String, Value>, meta: &Value) -> Result<Map<String, Value>> {
+    let Value::Object(fields) = meta else { return Ok(filter.clone()) };
+    let mut out = Map::new();
+    for (key, v) in filter {
+        let (prefix, f) = split_filter_key(key);
+        let Some(name) = fields.keys().find(|k| k.eq_ignore_ascii_case(f)) else {
             return Err(Error::Usage(format!(
                 "--filter key {key:?}: the portal has no field {f:?} (the portal would silently ignore it and export everything)"
             )));
-        }
+        };
+        out.insert(format!("{prefix}{name}"), v.clone());
     }
-    Ok(())
+    Ok(out)
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filter_keys_are_checked_and_canonical() {
+        let meta = crate::sim::data::fields_metadata();
+        let f = json!({">=date_create": "2024-01-01", "!Status_Id": "JUNK", "@STATUS_ID": ["NEW"], "%title": "x"});
+        let c = canonical_filter(f.as_object().unwrap(), &meta).unwrap();
+        let keys: Vec<&str> = c.keys().map(String::as_str).collect();
+        assert_eq!(keys, [">=DATE_CREATE", "!STATUS_ID", "@STATUS_ID", "%TITLE"]);
+        let bad = json!({">OPORTUNITY": 1});
+        assert!(matches!(canonical_filter(bad.as_object().unwrap(), &meta), Err(Error::Usage(_))));
+    }
 }

@@ -37,6 +37,21 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// Registers anything that looks like a webhook code in `text` (`…/rest/<user id>/<code>…`), so that even text
+/// we never parsed — a mistyped command line echoed by the argument parser — is redacted.
+pub fn register_codes_in(text: &str) {
+    let mut rest = text;
+    while let Some(i) = rest.find("/rest/") {
+        rest = &rest[i + 6..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || rest.as_bytes().get(digits) != Some(&b'/') {
+            continue;
+        }
+        let code: String = rest[digits + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+        register_secret(&code);
+    }
+}
+
 /// Installs a panic hook that redacts secrets from panic messages.
 pub fn install_panic_redaction() {
     std::panic::set_hook(Box::new(|info| {
@@ -91,6 +106,11 @@ impl Webhook {
                 )))
             }
             other => return Err(Error::Usage(format!("webhook URL scheme {other:?} is not supported; use https://"))),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::Usage(
+                "webhook URL must not carry a user name or password before the host; expected https://<portal>/rest/<user id>/<code>/".into(),
+            ));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(Error::Usage(
@@ -170,8 +190,14 @@ mod tests {
     }
 
     #[test]
+    fn codes_in_free_text_are_registered() {
+        register_codes_in("error: unexpected argument 'https://x.bitrix24.com/rest/12/zz9codefromargv/' found");
+        assert_eq!(redact("saw zz9codefromargv here"), "saw *** here");
+    }
+
+    #[test]
     fn rejects_malformed() {
-        for bad in ["not a url", "https://x.com/", "https://x.com/rest/abc/def/", "https://x.com/rest/1/", "ftp://x.com/rest/1/c/"] {
+        for bad in ["not a url", "https://x.com/", "https://x.com/rest/abc/def/", "https://x.com/rest/1/", "ftp://x.com/rest/1/c/", "https://u:p@x.com/rest/1/code/"] {
             assert!(matches!(Webhook::parse(bad), Err(Error::Usage(_))), "{bad}");
         }
     }

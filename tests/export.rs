@@ -152,7 +152,8 @@ fn plain_http_to_a_non_loopback_host_is_refused_before_any_request() {
 fn filter_select_and_status_partitioning() {
     let sim = start_sim(SimConfig { leads: 6_000, seed: 3, offset_secs: -5 * 3600, bool_uf_json: true, ..SimConfig::default() });
     let out = tempdir("filter");
-    let filter = r#"{"@STATUS_ID": ["CONVERTED", "JUNK"], ">OPPORTUNITY": 1000, ">=DATE_CREATE": "2021-01-01"}"#;
+    // field names in any case: the tool sends the portal's spelling (the portal matches names exactly)
+    let filter = r#"{"@status_id": ["CONVERTED", "JUNK"], ">OPPORTUNITY": 1000, ">=Date_Create": "2021-01-01"}"#;
     let o = export(
         &sim.webhook_url(),
         &out,
@@ -220,4 +221,41 @@ fn bad_input_is_refused_with_a_usage_error() {
     let ds = read_dataset(&out.join("leads"));
     assert_eq!(ds.rows.len(), 120, "overwrite must replace, not add");
     assert_eq!(ds.files, 1);
+}
+
+#[test]
+fn a_failed_run_publishes_nothing_and_keeps_the_previous_dataset() {
+    let good = start_sim(SimConfig { leads: 3_000, seed: 5, ..SimConfig::default() });
+    let out = tempdir("failed");
+    assert_success(&export(&good.webhook_url(), &out, &[]));
+    let before = read_dataset(&out.join("leads"));
+    assert_eq!(before.rows.len(), 3_000);
+
+    // a bigger portal that goes down after the probe and one batch
+    let failing = start_sim(SimConfig { leads: 50_000, seed: 6, fail_after: Some(4), ..SimConfig::default() });
+    let o = export(&failing.webhook_url(), &out, &["--overwrite", "--max-retries", "1", "--concurrency", "1"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(4), "portal failures exit with 4\n{stderr}");
+    assert!(stderr.contains("INTERNAL_SERVER_ERROR") && stderr.contains("attempt"), "{stderr}");
+    let after = read_dataset(&out.join("leads"));
+    assert_eq!(after.rows, before.rows, "the previous dataset must stay exactly as it was");
+    assert!(walk(&out).iter().all(|p| !p.contains(".b24-staging")), "staging leftovers: {:?}", walk(&out));
+}
+
+#[test]
+fn argument_errors_do_not_echo_the_webhook_code() {
+    let code = "echoedcode31337";
+    for args in [
+        vec!["export".to_string(), format!("--web-hook=https://x.bitrix24.com/rest/1/{code}/"), "--out".into(), "o".into()],
+        vec!["export".to_string(), format!("https://x.bitrix24.com/rest/1/{code}/")],
+    ] {
+        let o = bin().args(&args).output().unwrap();
+        let (stdout, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains(code) && !stdout.contains(code), "{stderr}");
+    }
+    // --help does not show the value of B24_WEBHOOK_URL
+    let o = bin().args(["export", "--help"]).env("B24_WEBHOOK_URL", format!("https://x.bitrix24.com/rest/1/{code}/")).output().unwrap();
+    assert!(o.status.success());
+    assert!(!text(&o).0.contains(code));
 }

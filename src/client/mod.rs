@@ -41,7 +41,7 @@ impl Default for ClientConfig {
             rate: 2.0,
             burst: 50.0,
             max_retries: 8,
-            timeout: Duration::from_secs(90),
+            timeout: Duration::from_secs(75),
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         }
@@ -125,7 +125,10 @@ fn is_permission(code: &str, description: &str) -> bool {
 
 /// Is a per-command or top-level error code worth retrying?
 pub fn is_transient_code(code: &str) -> bool {
-    matches!(code, "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER")
+    matches!(
+        code,
+        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR" | "ERROR_UNEXPECTED_ANSWER" | "ERROR_CORE"
+    )
 }
 
 /// Turns a portal error body into the typed error, or says it is transient.
@@ -137,7 +140,16 @@ pub fn classify_api_error(method: &str, status: u16, code: &str, description: &s
     if status == 403 || is_permission(code, description) {
         return Some(PortalError::Permission { method: m, status, code: c, description: d });
     }
-    if is_transient_code(code) || (status >= 500 && code != "OVERLOAD_LIMIT") {
+    if code == "OVERLOAD_LIMIT" {
+        return Some(PortalError::Api {
+            method: m,
+            status,
+            code: c,
+            description: format!("{d} — the portal's administrators blocked REST access by hand; retrying will not help until they lift it"),
+            attempts,
+        });
+    }
+    if is_transient_code(code) || status >= 500 || status == 429 {
         return None;
     }
     Some(PortalError::Api { method: m, status, code: c, description: d, attempts })
@@ -164,7 +176,7 @@ impl PortalClient {
         &self.stats
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.cfg.base_backoff.as_secs_f64() * 2f64.powi(attempt.min(16) as i32);
         let capped = exp.min(self.cfg.max_backoff.as_secs_f64());
         Duration::from_secs_f64(capped * (0.5 + 0.5 * fastrand::f64()))
@@ -184,12 +196,26 @@ impl PortalClient {
             .await
             .map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            let host = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url::Url::parse(l).ok())
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_else(|| "another address".into());
+            return Err(Failure::Fatal(PortalError::Protocol {
+                method: method.into(),
+                status,
+                message: format!("the portal redirects to {host}: it may have moved to a new domain; use the new address in the webhook URL"),
+            }));
+        }
         let bytes = resp.bytes().await.map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
         let env: RawEnvelope = match serde_json::from_slice(&bytes) {
             Ok(e) => e,
             Err(_) => {
                 let what = format!("HTTP {status} with a body that is not a JSON object ({} bytes)", bytes.len());
-                if status >= 500 || status == 200 {
+                if status >= 500 || status == 200 || status == 429 {
                     return Err(Failure::Transient(what)); // e.g. a truncated body: never an empty page
                 }
                 return Err(Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: what }));

@@ -40,6 +40,8 @@ pub struct SimConfig {
     pub out_of_range_first_page: bool,
     /// Added to every request before it is answered.
     pub latency: Duration,
+    /// After this many HTTP requests every request gets 500 `INTERNAL_SERVER_ERROR` (a portal that goes down).
+    pub fail_after: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -55,6 +57,7 @@ impl Default for SimConfig {
             drain_per_sec: 2.0,
             out_of_range_first_page: true,
             latency: Duration::ZERO,
+            fail_after: None,
         }
     }
 }
@@ -211,7 +214,13 @@ impl ApiErr {
 
 async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let start = now_f64();
-    state.stats.http_requests.fetch_add(1, AtomicOrdering::Relaxed);
+    let seen = state.stats.http_requests.fetch_add(1, AtomicOrdering::Relaxed);
+    if state.cfg.fail_after.is_some_and(|n| seen >= n) {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}),
+        );
+    }
     if !state.cfg.latency.is_zero() {
         tokio::time::sleep(state.cfg.latency).await;
     }

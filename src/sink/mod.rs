@@ -1,7 +1,9 @@
 //! Sinks: partitioned Parquet files under `OUT/<dataset>/`.
 //!
-//! A file is written under a hidden temporary name (`.part-….parquet.tmp`, which no `*.parquet` glob matches)
-//! and renamed to `part-<run id>-<n>.parquet` only when complete and synced.
+//! Files are written in a staging folder beside the dataset (`OUT/.b24-staging/<run id>/…`), under names no
+//! `*.parquet` glob matches (`….parquet.tmp` while open, `….parquet.staged` when complete and synced). Only
+//! [`publish`], after the whole run succeeded, renames them into the dataset as `part-<run id>-<n>.parquet`; a
+//! failed run publishes nothing.
 //!
 //! Memory: rows are buffered per partition as Arrow batches (compact, exactly measurable). A partition's buffer
 //! becomes a row group when it reaches `row_group_rows`, or — when all buffers together pass `memory_budget` —
@@ -31,8 +33,8 @@ use partition::PartitionSpec;
 /// Options of a dataset writer.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    /// The dataset directory, e.g. `OUT/leads`.
-    pub root: PathBuf,
+    /// Where files are written until they are published, e.g. `OUT/.b24-staging/<run id>/leads`.
+    pub staging: PathBuf,
     pub run_id: String,
     pub partition: PartitionSpec,
     /// Rows per row group at most.
@@ -46,9 +48,9 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    pub fn new(root: PathBuf, run_id: String, partition: PartitionSpec) -> Self {
+    pub fn new(staging: PathBuf, run_id: String, partition: PartitionSpec) -> Self {
         SinkConfig {
-            root,
+            staging,
             run_id,
             partition,
             row_group_rows: 128 * 1024,
@@ -70,7 +72,7 @@ pub struct FileInfo {
 
 struct OpenFile {
     tmp: PathBuf,
-    final_path: PathBuf,
+    staged: PathBuf,
     rel: String,
     writer: ArrowWriter<File>,
     rows: u64,
@@ -118,7 +120,7 @@ impl DatasetWriter {
                 .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
                 .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
         }
-        std::fs::create_dir_all(&cfg.root).map_err(io_err(&cfg.root))?;
+        std::fs::create_dir_all(&cfg.staging).map_err(io_err(&cfg.staging))?;
         Ok(DatasetWriter {
             cfg,
             props: props.build(),
@@ -216,15 +218,16 @@ impl DatasetWriter {
     fn create(&mut self, dir: &str) -> Result<OpenFile> {
         self.seq += 1;
         let name = format!("part-{}-{:05}.parquet", self.cfg.run_id, self.seq);
-        let folder = if dir.is_empty() { self.cfg.root.clone() } else { self.cfg.root.join(dir) };
-        std::fs::create_dir_all(&folder).map_err(io_err(&folder))?;
-        let tmp = folder.join(format!(".{name}.tmp"));
-        let final_path = folder.join(&name);
         let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+        let tmp = self.cfg.staging.join(format!("{rel}.tmp"));
+        let staged = self.cfg.staging.join(format!("{rel}.staged"));
+        if let Some(folder) = tmp.parent() {
+            std::fs::create_dir_all(folder).map_err(io_err(folder))?;
+        }
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let writer = ArrowWriter::try_new(file, self.file_schema.clone(), Some(self.props.clone()))
             .map_err(|e| Error::Parquet { path: tmp.clone(), source: e })?;
-        Ok(OpenFile { tmp, final_path, rel, writer, rows: 0, last_used: self.tick })
+        Ok(OpenFile { tmp, staged, rel, writer, rows: 0, last_used: self.tick })
     }
 
     /// Writes out the largest buffers until all buffers together fit the budget.
@@ -242,13 +245,7 @@ impl DatasetWriter {
         file.sync_all().map_err(io_err(&f.tmp))?;
         let bytes = file.metadata().map_err(io_err(&f.tmp))?.len();
         drop(file);
-        std::fs::rename(&f.tmp, &f.final_path).map_err(io_err(&f.final_path))?;
-        if let Some(parent) = f.final_path.parent() {
-            // make the rename durable where the platform allows it
-            if let Ok(d) = File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
+        std::fs::rename(&f.tmp, &f.staged).map_err(io_err(&f.staged))?;
         self.files.push(FileInfo { path: f.rel, rows: f.rows, bytes });
         Ok(())
     }
@@ -268,7 +265,7 @@ impl DatasetWriter {
         Ok(std::mem::take(&mut self.files))
     }
 
-    /// Drops unfinished files (after a failed run). Finished files stay: they are named by run id.
+    /// Drops unfinished files (after a failed run); the caller removes the staging folder.
     pub fn abort(mut self) {
         for (_, f) in self.open.drain() {
             drop(f.writer);
@@ -277,7 +274,35 @@ impl DatasetWriter {
     }
 }
 
-/// Every `*.parquet` file (and stale `.part-*.tmp`) under `root`, relative paths.
+fn sync_dir(dir: &Path) {
+    // make renames durable where the platform allows it
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Moves a finished run's files from `staging` into `dataset` under their final `.parquet` names.
+/// On error, the files already moved are listed in the error's wake by [`list_dataset_files`] (they carry the
+/// run id), so the caller can take them back.
+pub fn publish(staging: &Path, dataset: &Path, files: &[FileInfo]) -> Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let from = staging.join(format!("{}.staged", f.path));
+        let to = dataset.join(&f.path);
+        let parent = to.parent().unwrap_or(dataset).to_path_buf();
+        if dirs.insert(parent.clone()) {
+            std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        }
+        std::fs::rename(&from, &to).map_err(io_err(&to))?;
+    }
+    for d in &dirs {
+        sync_dir(d);
+    }
+    sync_dir(dataset);
+    Ok(())
+}
+
+/// Every `*.parquet` file under `root`.
 pub fn list_dataset_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     if !root.exists() {
@@ -293,7 +318,7 @@ pub fn list_dataset_files(root: &Path) -> Result<Vec<PathBuf>> {
                 stack.push(p);
             } else {
                 let name = entry.file_name().to_string_lossy().to_string();
-                if name.ends_with(".parquet") || (name.starts_with(".part-") && name.ends_with(".tmp")) {
+                if name.ends_with(".parquet") {
                     out.push(p);
                 }
             }
@@ -351,7 +376,9 @@ mod tests {
     fn a_tiny_budget_and_one_open_file_still_write_every_row_once() {
         let root = std::env::temp_dir().join(format!("b24-sink-{}-{}", std::process::id(), fastrand::u32(..)));
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("status_id", DataType::Utf8, true)]));
-        let mut cfg = SinkConfig::new(root.clone(), "run1".into(), PartitionSpec::Status);
+        let staging = root.join(".b24-staging/run1/leads");
+        let dataset = root.join("leads");
+        let mut cfg = SinkConfig::new(staging.clone(), "run1".into(), PartitionSpec::Status);
         cfg.memory_budget = 1; // every batch spills
         cfg.max_open_files = 1; // and writers are evicted all the time
         cfg.row_group_rows = 7;
@@ -364,7 +391,9 @@ mod tests {
             w.write(&b).unwrap();
         }
         let files = w.finish().unwrap();
-        let (ids, paths) = read_ids(&root);
+        assert!(list_dataset_files(&root).unwrap().is_empty(), "nothing may be visible as *.parquet before publishing");
+        publish(&staging, &dataset, &files).unwrap();
+        let (ids, paths) = read_ids(&dataset);
         assert_eq!(ids, (0..200).collect::<Vec<_>>());
         assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 200);
         assert!(paths.len() > 4, "evictions should have produced several files per partition");
