@@ -32,6 +32,27 @@ pub enum Command {
     Sim(SimArgs),
     /// Start a simulated portal in-process, export it into ./demo-out and show how to query it.
     Demo(DemoArgs),
+    /// Print the columns an export would write: name, Arrow type, DuckDB type, Bitrix type, label.
+    Schema(SchemaArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SchemaArgs {
+    /// Inbound webhook URL: https://<portal>/rest/<user id>/<code>/ (the code is never printed).
+    #[arg(long, env = "B24_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = SchemaFormat::Table)]
+    pub format: SchemaFormat,
+    /// Only these fields (as for export).
+    #[arg(long, value_delimiter = ',')]
+    pub select: Option<Vec<String>>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaFormat {
+    Table,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +94,9 @@ pub struct ExportArgs {
     /// Replace an existing dataset in OUT/leads (removed once the new one is complete).
     #[arg(long)]
     pub overwrite: bool,
+    /// Stop at the first value that does not fit its column (default: write NULL and list it in OUT/_rejects/).
+    #[arg(long)]
+    pub strict: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -179,6 +203,7 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
         concurrency: a.limits.concurrency,
         overwrite: a.overwrite,
         progress,
+        strict: a.strict,
     })
 }
 
@@ -207,8 +232,44 @@ pub fn print_summary(s: &ExportSummary) {
         s.seconds,
         s.run_id
     );
+    if let Some(f) = &s.rejects_file {
+        let per_field: Vec<String> = s.rejects.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(
+            out,
+            "{} values did not fit their column and were written as NULL ({}); listed in {}",
+            s.rejects.values().sum::<u64>(),
+            per_field.join(", "),
+            f.display()
+        );
+    }
     if s.replaced > 0 {
         let _ = writeln!(out, "replaced the previous dataset ({} files removed)", s.replaced);
+    }
+}
+
+fn print_schema(cols: &[crate::schema::Column], format: SchemaFormat) {
+    let rows: Vec<[String; 5]> = cols
+        .iter()
+        .map(|c| [c.name.clone(), c.kind.data_type().to_string(), c.kind.duckdb_type(), c.bitrix_type.clone(), c.label.clone()])
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if format == SchemaFormat::Json {
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({"column": r[0], "arrow_type": r[1], "duckdb_type": r[2], "bitrix_type": r[3], "label": r[4]}))
+            .collect();
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let head = ["column", "arrow type", "duckdb type", "bitrix type", "label"];
+    let widths: Vec<usize> =
+        (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([head[i].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: [&str; 5]| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(head));
+    for r in &rows {
+        let _ = writeln!(out, "{}", line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
     }
 }
 
@@ -218,6 +279,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = export_options(&a, !cli.quiet)?;
             let summary = export::run_export(opts)?;
             print_summary(&summary);
+            Ok(())
+        }
+        Command::Schema(a) => {
+            let webhook = Webhook::parse(&a.webhook)?;
+            let cols = export::portal_columns(&webhook, ClientConfig::default(), a.select.as_deref())?;
+            print_schema(&cols, a.format);
             Ok(())
         }
         Command::Sim(a) => {
@@ -256,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 concurrency: 2,
                 overwrite: true,
                 progress: !cli.quiet,
+                strict: false,
             };
             let summary = export::run_export(opts)?;
             print_summary(&summary);

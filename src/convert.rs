@@ -211,9 +211,14 @@ impl Builder {
                     Some(Value::Array(a)) => a,
                     Some(_) => return Err("not a list of multi-field values".into()),
                 };
+                // parse every element before appending any, so a bad element leaves the builder untouched
+                let mut parsed = Vec::with_capacity(items.len());
                 for it in items {
                     let Value::Object(o) = it else { return Err("a multi-field element is not an object".into()) };
-                    id.append_option(parse_i64(o.get("ID"))?);
+                    parsed.push((parse_i64(o.get("ID"))?, o));
+                }
+                for (i, o) in parsed {
+                    id.append_option(i);
                     value_type.append_option(parse_text(o.get("VALUE_TYPE")));
                     value.append_option(parse_text(o.get("VALUE")));
                     type_id.append_option(parse_text(o.get("TYPE_ID")));
@@ -264,21 +269,49 @@ impl Builder {
                     None | Some(Value::Null) | Some(Value::Bool(false)) => 0,
                     Some(Value::String(s)) if s.is_empty() => 0,
                     Some(Value::Array(a)) => {
+                        // check every element before appending any, so a bad element leaves the builder untouched
+                        for it in a {
+                            child.check(it)?;
+                        }
                         for it in a {
                             child.append(Some(it))?;
                         }
                         a.len()
                     }
-                    Some(single) => {
-                        child.append(Some(single))?;
-                        1
-                    }
+                    Some(_) => return Err("a single value where a list is due".into()),
                 };
                 let last = *offsets.last().expect("offsets start with 0");
                 offsets.push(last + n as i32);
             }
         }
         Ok(())
+    }
+
+    /// Whether `v` would append without error (for the elements of a list, which are checked before any is
+    /// appended).
+    fn check(&self, v: &Value) -> Result<(), Why> {
+        let v = Some(v);
+        match self {
+            Builder::Int64(_) => parse_i64(v).map(drop),
+            Builder::Float64(_) => parse_f64(v).map(drop),
+            Builder::Decimal(_) => parse_decimal(v).map(drop),
+            Builder::Bool(_) => parse_bool(v).map(drop),
+            Builder::Ts(_) => parse_timestamp(v).map(drop),
+            Builder::Date(_) => parse_date(v).map(drop),
+            Builder::Utf8(_) => Ok(()),
+            Builder::Money { .. } => match v {
+                Some(Value::String(s)) if !s.is_empty() => parse_decimal_text(s.split_once('|').map_or(s.as_str(), |p| p.0)).map(drop),
+                Some(Value::String(_) | Value::Null | Value::Bool(false)) => Ok(()),
+                _ => Err("not money text".into()),
+            },
+            Builder::File { .. } => match v {
+                Some(Value::Object(o)) => parse_i64(o.get("id")).map(drop),
+                Some(Value::Null | Value::Bool(false)) => Ok(()),
+                Some(Value::String(s)) if s.is_empty() => Ok(()),
+                _ => Err("not a file object".into()),
+            },
+            Builder::Multifield { .. } | Builder::List { .. } => Err("a list inside a list".into()),
+        }
     }
 
     fn finish(&mut self) -> ArrayRef {
@@ -318,13 +351,29 @@ impl Builder {
     }
 }
 
+/// A raw value for messages and rejects: shortened, secrets redacted, `auth=` tokens masked.
 fn shown(v: Option<&Value>) -> String {
     let s = match v {
         None => "(absent)".to_string(),
         Some(v) => v.to_string(),
     };
     let s: String = if s.chars().count() > 120 { s.chars().take(120).collect::<String>() + "…" } else { s };
-    crate::secret::redact(&s)
+    mask_auth_tokens(&crate::secret::redact(&s))
+}
+
+/// `…?auth=abc123&x=1` → `…?auth=***&x=1`.
+pub fn mask_auth_tokens(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("auth=") {
+        out.push_str(&rest[..i + 5]);
+        out.push_str("***");
+        rest = &rest[i + 5..];
+        let end = rest.find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn record_id(row: &Value) -> String {
@@ -335,16 +384,37 @@ fn record_id(row: &Value) -> String {
     }
 }
 
+/// A value that did not fit its column and was replaced by NULL (or an empty list).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reject {
+    pub lead_id: String,
+    pub field: String,
+    /// The raw JSON value, shortened and with secrets and `auth=` tokens masked.
+    pub raw_value: String,
+    pub reason: String,
+}
+
 /// Appends records one at a time and produces a batch; records need not be kept around.
+///
+/// Lenient (default): a bad value becomes NULL (an empty list for list columns) and a [`Reject`].
+/// Strict: the first bad value is an error naming the field, the lead and the value.
 pub struct BatchBuilder<'a> {
     cols: &'a [Column],
     schema: SchemaRef,
     builders: Vec<Builder>,
+    strict: bool,
+    rejects: Vec<Reject>,
 }
 
 impl<'a> BatchBuilder<'a> {
-    pub fn new(cols: &'a [Column], schema: &SchemaRef, capacity: usize) -> Self {
-        BatchBuilder { cols, schema: schema.clone(), builders: cols.iter().map(|c| Builder::new(&c.kind, capacity)).collect() }
+    pub fn new(cols: &'a [Column], schema: &SchemaRef, capacity: usize, strict: bool) -> Self {
+        BatchBuilder {
+            cols,
+            schema: schema.clone(),
+            builders: cols.iter().map(|c| Builder::new(&c.kind, capacity)).collect(),
+            strict,
+            rejects: Vec::new(),
+        }
     }
 
     /// Appends one record (a JSON object).
@@ -354,27 +424,28 @@ impl<'a> BatchBuilder<'a> {
         };
         for (col, b) in self.cols.iter().zip(self.builders.iter_mut()) {
             let v = obj.get(&col.source);
-            b.append(v).map_err(|why| {
-                Error::from(BadValue {
-                    field: col.source.clone(),
-                    record_id: record_id(row),
-                    value: shown(v),
-                    expected: format!("{} ({why})", col.kind.describe()),
-                })
-            })?;
+            if let Err(why) = b.append(v) {
+                let expected = format!("{} ({why})", col.kind.describe());
+                if self.strict {
+                    return Err(BadValue { field: col.source.clone(), record_id: record_id(row), value: shown(v), expected }.into());
+                }
+                b.append(None).expect("an empty value always appends");
+                self.rejects.push(Reject { lead_id: record_id(row), field: col.source.clone(), raw_value: shown(v), reason: expected });
+            }
         }
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<RecordBatch> {
+    /// The batch and the values rejected while building it.
+    pub fn finish(mut self) -> Result<(RecordBatch, Vec<Reject>)> {
         let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
-        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+        Ok((RecordBatch::try_new(self.schema.clone(), arrays)?, self.rejects))
     }
 }
 
 /// Converts records (JSON objects) into a batch with `schema` (built from `cols` by [`crate::schema::arrow_schema`]).
-pub fn convert_rows(rows: &[Value], cols: &[Column], schema: &SchemaRef) -> Result<RecordBatch> {
-    let mut b = BatchBuilder::new(cols, schema, rows.len());
+pub fn convert_rows(rows: &[Value], cols: &[Column], schema: &SchemaRef, strict: bool) -> Result<(RecordBatch, Vec<Reject>)> {
+    let mut b = BatchBuilder::new(cols, schema, rows.len(), strict);
     for row in rows {
         b.append(row)?;
     }
@@ -382,8 +453,14 @@ pub fn convert_rows(rows: &[Value], cols: &[Column], schema: &SchemaRef) -> Resu
 }
 
 /// Converts a fetched page: raw JSON arrays of records, parsed one list call (≤ 50 records) at a time.
-pub fn convert_page(chunks: &[Box<RawValue>], rows: usize, cols: &[Column], schema: &SchemaRef) -> Result<RecordBatch> {
-    let mut b = BatchBuilder::new(cols, schema, rows);
+pub fn convert_page(
+    chunks: &[Box<RawValue>],
+    rows: usize,
+    cols: &[Column],
+    schema: &SchemaRef,
+    strict: bool,
+) -> Result<(RecordBatch, Vec<Reject>)> {
+    let mut b = BatchBuilder::new(cols, schema, rows, strict);
     for chunk in chunks {
         let records: Vec<Value> = serde_json::from_str(chunk.get())
             .map_err(|e| Error::Internal(format!("a page that parsed while fetching did not parse again: {e}")))?;
@@ -433,30 +510,33 @@ mod tests {
 
     #[test]
     fn bad_value_names_field_record_and_value() {
-        let cols = vec![
-            Column { source: "ID".into(), name: "id".into(), kind: Kind::Int64, bitrix_type: "integer".into() },
-            Column { source: "OPPORTUNITY".into(), name: "opportunity".into(), kind: Kind::Decimal, bitrix_type: "double".into() },
-        ];
+        let cols = vec![Column::plain("ID", Kind::Int64), Column::plain("OPPORTUNITY", Kind::Decimal)];
         let schema = crate::schema::arrow_schema(&cols);
         let rows = vec![json!({"ID": "7", "OPPORTUNITY": "12.345"})];
-        let e = convert_rows(&rows, &cols, &schema).unwrap_err().to_string();
+        let e = convert_rows(&rows, &cols, &schema, true).unwrap_err().to_string();
         assert!(e.contains("OPPORTUNITY") && e.contains("lead 7") && e.contains("12.345"), "{e}");
+        // lenient: the cell is NULL and the value is accounted for
+        let (b, rejects) = convert_rows(&rows, &cols, &schema, false).unwrap();
+        assert!(b.column(1).is_null(0));
+        assert_eq!(rejects.len(), 1);
+        assert_eq!((rejects[0].lead_id.as_str(), rejects[0].field.as_str(), rejects[0].raw_value.as_str()), ("7", "OPPORTUNITY", "\"12.345\""));
     }
 
     #[test]
     fn lists_structs_and_files() {
         let cols = vec![
-            Column { source: "PHONE".into(), name: "phone".into(), kind: Kind::Multifield, bitrix_type: "crm_multifield".into() },
-            Column { source: "F".into(), name: "f".into(), kind: Kind::File, bitrix_type: "file".into() },
-            Column { source: "M".into(), name: "m".into(), kind: Kind::Money, bitrix_type: "money".into() },
-            Column { source: "L".into(), name: "l".into(), kind: Kind::List(Box::new(Kind::Int64)), bitrix_type: "enumeration".into() },
+            Column::plain("PHONE", Kind::Multifield),
+            Column::plain("F", Kind::File),
+            Column::plain("M", Kind::Money),
+            Column::plain("L", Kind::List(Box::new(Kind::Int64))),
         ];
         let schema = crate::schema::arrow_schema(&cols);
         let rows = vec![
             json!({"PHONE": [{"ID":"1","VALUE_TYPE":"WORK","VALUE":"+1","TYPE_ID":"PHONE"}], "F": {"id": 9, "showUrl": "/s?fileId=9", "downloadUrl": "/d?auth=tok"}, "M": "100.50|USD", "L": ["79","80"]}),
             json!({"L": false, "M": ""}),
         ];
-        let b = convert_rows(&rows, &cols, &schema).unwrap();
+        let (b, rejects) = convert_rows(&rows, &cols, &schema, true).unwrap();
+        assert!(rejects.is_empty());
         let phone = b.column(0).as_any().downcast_ref::<ListArray>().unwrap();
         assert_eq!(phone.value_length(0), 1);
         assert_eq!(phone.value_length(1), 0);
@@ -465,5 +545,109 @@ mod tests {
         assert!(b.column(2).is_null(1) && b.column(1).is_null(1));
         let dbg = format!("{:?}", b.column(1));
         assert!(!dbg.contains("auth="));
+    }
+
+    use arrow_array::Array;
+
+    fn one_column(kind: Kind, values: Vec<Value>) -> (RecordBatch, Vec<Reject>) {
+        let cols = vec![Column::plain("ID", Kind::Int64), Column::plain("F", kind)];
+        let schema = crate::schema::arrow_schema(&cols);
+        let rows: Vec<Value> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| if v == json!("<absent>") { json!({"ID": i.to_string()}) } else { json!({"ID": i.to_string(), "F": v}) })
+            .collect();
+        convert_rows(&rows, &cols, &schema, false).unwrap()
+    }
+
+    #[test]
+    fn uf_booleans_in_both_encodings() {
+        for (v, want) in [
+            (json!("1"), Some(true)), (json!("0"), Some(false)), (json!(true), Some(true)), (json!(false), Some(false)),
+            (json!(1), Some(true)), (json!(0), Some(false)), (json!("Y"), Some(true)), (json!("N"), Some(false)),
+            (json!(""), None), (Value::Null, None),
+        ] {
+            assert_eq!(parse_bool(Some(&v)), Ok(want), "{v}");
+        }
+        assert!(parse_bool(Some(&json!("maybe"))).is_err());
+        assert!(parse_bool(Some(&json!(2))).is_err());
+    }
+
+    #[test]
+    fn money_file_and_unknown_types() {
+        use arrow_array::cast::AsArray;
+        let (b, rejects) = one_column(Kind::Money, vec![json!("100.50|USD"), json!("100|RUB"), json!(""), Value::Null, json!("12.5.5|USD")]);
+        let st = b.column(1).as_struct();
+        let amount = st.column(0).as_primitive::<arrow_array::types::Decimal128Type>();
+        assert_eq!((amount.value(0), amount.value(1)), (10_050, 10_000));
+        assert_eq!(st.column(1).as_string::<i32>().value(0), "USD");
+        assert!(st.is_null(2) && st.is_null(3) && st.is_null(4));
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].field, "F");
+
+        let (b, rejects) = one_column(
+            Kind::File,
+            vec![json!({"id": 5, "showUrl": "/show?fileId=5", "downloadUrl": "/d?auth=SECRET1&fileId=5"}), json!("<absent>"), json!({"id": "6", "showUrl": "/x?auth=SECRET2"})],
+        );
+        assert!(rejects.is_empty());
+        let st = b.column(1).as_struct();
+        assert_eq!(st.column(0).as_primitive::<arrow_array::types::Int64Type>().value(1 - 1), 5);
+        assert!(st.is_null(1));
+        assert!(st.column(1).is_null(2), "a show URL with a token is not written");
+        assert!(!format!("{b:?}").contains("SECRET"));
+
+        // a type we do not know (an app's rest_* field) keeps its JSON text
+        let (b, rejects) = one_column(Kind::Utf8, vec![json!({"a": 1}), json!(12), json!(true), Value::Null]);
+        assert!(rejects.is_empty());
+        let s = b.column(1).as_string::<i32>();
+        assert_eq!((s.value(0), s.value(1), s.value(2)), (r#"{"a":1}"#, "12", "true"));
+        assert!(s.is_null(3));
+    }
+
+    #[test]
+    fn list_empties_and_a_bad_element_leave_the_list_consistent() {
+        let kind = Kind::List(Box::new(Kind::Int64));
+        let (b, rejects) =
+            one_column(kind, vec![json!(false), json!([]), Value::Null, json!(["1", "x", "3"]), json!(["7", "8"]), json!("<absent>"), json!("oops")]);
+        let l = b.column(1).as_any().downcast_ref::<ListArray>().unwrap();
+        let lens: Vec<i32> = (0..l.len()).map(|i| l.value_length(i)).collect();
+        assert_eq!(lens, [0, 0, 0, 0, 2, 0, 0]);
+        assert_eq!(rejects.iter().map(|r| r.lead_id.as_str()).collect::<Vec<_>>(), ["3", "6"]);
+        let (_, rejects) = one_column(Kind::List(Box::new(Kind::Date)), vec![json!(""), json!(["2000-01-01T02:00:00+02:00"])]);
+        assert!(rejects.is_empty(), "an empty multiple date UF is \"\"");
+    }
+
+    #[test]
+    fn every_bad_value_kind_is_a_reject_not_a_panic() {
+        let cases = [
+            (Kind::Int64, json!("abc")),
+            (Kind::Int64, json!("1.5")),
+            (Kind::Timestamp, json!("2021-13-45T10:00:00+02:00")),
+            (Kind::Timestamp, json!(17)),
+            (Kind::Date, json!({"auth": "x"})),
+            (Kind::Decimal, json!("12.345")),
+            (Kind::Decimal, json!("1e5")),
+            (Kind::Bool, json!("maybe")),
+            (Kind::Float64, json!("NaN")),
+            (Kind::Multifield, json!("+1555")),
+            (Kind::Multifield, json!(["+1555"])),
+            (Kind::List(Box::new(Kind::Utf8)), json!("a string where a list is due")),
+        ];
+        for (kind, v) in cases {
+            let (b, rejects) = one_column(kind.clone(), vec![v.clone(), json!("<absent>")]);
+            assert_eq!(rejects.len(), 1, "{kind:?} {v}");
+            assert_eq!(rejects[0].raw_value, v.to_string());
+            assert_eq!(b.num_rows(), 2);
+            if kind.nullable() {
+                assert!(b.column(1).is_null(0), "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn auth_tokens_are_masked() {
+        assert_eq!(mask_auth_tokens("/d?auth=abc123&fileId=5"), "/d?auth=***&fileId=5");
+        assert_eq!(mask_auth_tokens("x auth=zz y"), "x auth=*** y");
+        assert_eq!(mask_auth_tokens("nothing"), "nothing");
     }
 }

@@ -3,6 +3,7 @@
 //! Fetching runs on a small tokio runtime; conversion and Parquet encoding run on two plain threads, joined by
 //! bounded channels, so a slow disk slows the fetch instead of filling memory.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -38,6 +39,8 @@ pub struct ExportOptions {
     pub overwrite: bool,
     /// Show progress (a bar on a terminal, log lines otherwise).
     pub progress: bool,
+    /// Stop at the first value that does not fit its column, instead of writing NULL and a reject.
+    pub strict: bool,
 }
 
 /// What an export did.
@@ -53,11 +56,19 @@ pub struct ExportSummary {
     pub seconds: f64,
     /// Files of a previous dataset removed by `--overwrite`.
     pub replaced: usize,
+    /// Values that did not fit their column (now NULL), per field.
+    pub rejects: BTreeMap<String, u64>,
+    /// Where the rejected values are listed, when there are any.
+    pub rejects_file: Option<PathBuf>,
 }
 
 pub const DATASET: &str = "leads";
 /// Unpublished files of runs in progress, beside the datasets: `OUT/.b24-staging/<run id>/`.
 pub const STAGING: &str = ".b24-staging";
+/// Labels and dictionaries: `OUT/_dict/<table>/<dataset>.parquet`.
+pub const DICT: &str = "_dict";
+/// Rejected values: `OUT/_rejects/<dataset>.jsonl`.
+pub const REJECTS: &str = "_rejects";
 
 fn new_run_id() -> String {
     format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), fastrand::u16(..))
@@ -118,25 +129,44 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         max_retries: opts.client.max_retries,
     });
     tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", opts.webhook, dataset.display(), cols.len());
+    let staging_run = opts.out.join(STAGING).join(&run_id);
+
+    // labels and dictionaries, staged beside the dataset
+    let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
+    let dict_tables = [
+        ("fields", crate::dict::fields_table(DATASET, &cols)?),
+        ("enum_items", crate::dict::enum_items_table(DATASET, &cols)?),
+        ("statuses", crate::dict::statuses_table(&statuses)?),
+    ];
+    let mut side_files: Vec<(PathBuf, PathBuf)> = Vec::new(); // (staged, published)
+    for (name, table) in &dict_tables {
+        let staged = staging_run.join(DICT).join(name).join(format!("{DATASET}.parquet.staged"));
+        sink::write_table(&staged, table)?;
+        side_files.push((staged, opts.out.join(DICT).join(name).join(format!("{DATASET}.parquet"))));
+    }
 
     // 2. pipeline threads: convert → write
     let progress = Progress::new(stats.clone(), opts.progress);
     let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(2);
     let (batch_tx, batch_rx) = std_mpsc::sync_channel::<RecordBatch>(2);
     let conv_schema = arrow_schema.clone();
+    let strict = opts.strict;
+    let rejects_staged = staging_run.join(REJECTS).join(format!("{DATASET}.jsonl.staged"));
+    let mut rejects_log = RejectsLog::new(rejects_staged.clone());
     let converter = std::thread::Builder::new()
         .name("convert".into())
-        .spawn(move || -> Result<()> {
+        .spawn(move || -> Result<RejectsLog> {
             while let Some(page) = page_rx.blocking_recv() {
-                let batch = crate::convert::convert_page(&page.chunks, page.rows, &cols, &conv_schema)?;
+                let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &cols, &conv_schema, strict)?;
+                rejects_log.add(&rejects)?;
                 if batch_tx.send(batch).is_err() {
                     break; // the writer failed; it reports why
                 }
             }
-            Ok(())
+            rejects_log.close()?;
+            Ok(rejects_log)
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
-    let staging_run = opts.out.join(STAGING).join(&run_id);
     let sink_cfg = SinkConfig::new(staging_run.join(DATASET), run_id.clone(), opts.partition.clone());
     let writer_progress = progress.clone();
     let writer_schema = arrow_schema.clone();
@@ -161,19 +191,19 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();
     let outcome = match (fetched, converted, written) {
-        (Ok(n), Ok(()), Ok(files)) => Ok((n, files)),
+        (Ok(n), Ok(rejects), Ok(files)) => Ok((n, rejects, files)),
         // a conversion or write error closes the channels, so it explains a fetch that "stopped"
         (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         (Err(e), _, _) => Err(e),
     };
-    let checked = outcome.and_then(|(leads, files)| {
+    let checked = outcome.and_then(|(leads, rejects, files)| {
         let written_rows: u64 = files.iter().map(|f| f.rows).sum();
         if written_rows != leads {
             return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
         }
-        Ok((leads, files))
+        Ok((leads, rejects, files))
     });
-    let (leads, files) = match checked {
+    let (leads, rejects, files) = match checked {
         Ok(x) => x,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging_run); // a failed run publishes nothing
@@ -186,6 +216,15 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         remove_run_files(&dataset, &run_id);
         let _ = std::fs::remove_dir_all(&staging_run);
         return Err(e);
+    }
+    let rejects_file = opts.out.join(REJECTS).join(format!("{DATASET}.jsonl"));
+    if rejects.total() > 0 {
+        side_files.push((rejects_staged, rejects_file.clone()));
+    } else if rejects_file.exists() {
+        std::fs::remove_file(&rejects_file).map_err(|e| Error::io(&rejects_file, e))?; // stale: it described the old data
+    }
+    for (staged, published) in &side_files {
+        sink::publish_file(staged, published)?;
     }
     let _ = std::fs::remove_dir_all(&staging_run);
     let _ = std::fs::remove_dir(opts.out.join(STAGING));
@@ -201,7 +240,56 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         retries: stats.retries.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         replaced,
+        rejects: rejects.counts,
+        rejects_file: (rejects.total > 0).then_some(rejects_file),
     })
+}
+
+/// Values that did not fit their column: counted per field and streamed to a JSON-lines file, so their number
+/// does not cost memory.
+struct RejectsLog {
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    counts: BTreeMap<String, u64>,
+    total: u64,
+}
+
+impl RejectsLog {
+    fn new(path: PathBuf) -> Self {
+        RejectsLog { path, out: None, counts: BTreeMap::new(), total: 0 }
+    }
+
+    fn total(&self) -> u64 {
+        self.total
+    }
+
+    fn add(&mut self, rejects: &[crate::convert::Reject]) -> Result<()> {
+        use std::io::Write;
+        for r in rejects {
+            if self.out.is_none() {
+                if let Some(parent) = self.path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                let f = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
+                self.out = Some(std::io::BufWriter::new(f));
+            }
+            let line = serde_json::to_string(r).map_err(|e| Error::Internal(e.to_string()))?;
+            let out = self.out.as_mut().expect("opened");
+            writeln!(out, "{line}").map_err(|e| Error::io(&self.path, e))?;
+            *self.counts.entry(r.field.clone()).or_default() += 1;
+            self.total += 1;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        use std::io::Write;
+        if let Some(mut out) = self.out.take() {
+            out.flush().map_err(|e| Error::io(&self.path, e))?;
+            out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Best-effort removal of a failed run's files, so a failed run leaves the previous dataset as it was.
@@ -213,6 +301,18 @@ fn remove_run_files(dataset: &std::path::Path, run_id: &str) {
             .collect();
         let _ = sink::remove_files(dataset, &ours);
     }
+}
+
+/// The columns an export would write, from the portal's field metadata (for `b24-export schema`).
+pub fn portal_columns(webhook: &Webhook, client: ClientConfig, select: Option<&[String]>) -> Result<Vec<schema::Column>> {
+    let stats = Arc::new(ClientStats::default());
+    let client = PortalClient::new(webhook.clone(), client, stats)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
+    schema::build_columns(&meta, select, &[])
 }
 
 /// A DuckDB query that reads the dataset.

@@ -77,6 +77,23 @@ impl Kind {
         !matches!(self, Kind::Multifield | Kind::List(_))
     }
 
+    /// The type DuckDB shows for this column (`DESCRIBE`).
+    pub fn duckdb_type(&self) -> String {
+        match self {
+            Kind::Int64 => "BIGINT".into(),
+            Kind::Float64 => "DOUBLE".into(),
+            Kind::Decimal => format!("DECIMAL({DECIMAL_PRECISION},{DECIMAL_SCALE})"),
+            Kind::Bool => "BOOLEAN".into(),
+            Kind::Timestamp => "TIMESTAMP WITH TIME ZONE".into(),
+            Kind::Date => "DATE".into(),
+            Kind::Utf8 => "VARCHAR".into(),
+            Kind::Multifield => r#"STRUCT(id BIGINT, value_type VARCHAR, "value" VARCHAR, type_id VARCHAR)[]"#.into(),
+            Kind::Money => format!("STRUCT(amount DECIMAL({DECIMAL_PRECISION},{DECIMAL_SCALE}), currency VARCHAR)"),
+            Kind::File => "STRUCT(id BIGINT, show_url VARCHAR)".into(),
+            Kind::List(inner) => format!("{}[]", inner.duckdb_type()),
+        }
+    }
+
     pub fn describe(&self) -> &'static str {
         match self {
             Kind::Int64 => "an integer",
@@ -124,6 +141,29 @@ pub struct Column {
     pub kind: Kind,
     /// The portal's field type, e.g. `datetime`.
     pub bitrix_type: String,
+    /// What people call it: the UF's list label, else the field's title.
+    pub label: String,
+    pub multiple: bool,
+    /// The status dictionary of a `crm_status` field (`STATUS`, `SOURCE`, …).
+    pub status_type: Option<String>,
+    /// Enumeration items: (item id, value).
+    pub items: Vec<(i64, String)>,
+}
+
+impl Column {
+    /// A column of a given kind with no portal metadata (for tests and derived tables).
+    pub fn plain(source: &str, kind: Kind) -> Column {
+        Column {
+            source: source.into(),
+            name: column_name(source),
+            kind,
+            bitrix_type: String::new(),
+            label: source.into(),
+            multiple: false,
+            status_type: None,
+            items: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,7 +246,32 @@ pub fn build_columns(meta: &Value, select: Option<&[String]>, required: &[&str])
         } else {
             declared_kind(&mapping, name).unwrap_or_else(|| kind_for_type(&bitrix_type, multiple, false))
         };
-        cols.push(Column { source: name.clone(), name: column_name(name), kind, bitrix_type });
+        let text = |k: &str| info.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+        let label = text("listLabel").or_else(|| text("formLabel")).or_else(|| text("title")).unwrap_or_else(|| name.clone());
+        let items = match info.get("items") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|it| {
+                    let id = match it.get("ID")? {
+                        Value::String(s) => s.trim().parse().ok()?,
+                        Value::Number(n) => n.as_i64()?,
+                        _ => return None,
+                    };
+                    Some((id, it.get("VALUE").and_then(Value::as_str).unwrap_or("").to_string()))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        cols.push(Column {
+            source: name.clone(),
+            name: column_name(name),
+            kind,
+            bitrix_type,
+            label,
+            multiple,
+            status_type: text("statusType"),
+            items,
+        });
     }
     if !cols.iter().any(|c| c.source == "ID") {
         return Err(Error::Internal("crm.lead.fields does not list ID".into()));
@@ -226,10 +291,27 @@ pub fn request_select(cols: &[Column], all: bool) -> Vec<String> {
     }
 }
 
+/// The Arrow schema of the dataset. Its metadata records the run's columns (`b24_export.columns`, JSON) and a
+/// fingerprint of them (`b24_export.schema_fingerprint`), which the Parquet writer stores in every file.
 pub fn arrow_schema(cols: &[Column]) -> SchemaRef {
-    Arc::new(Schema::new(
+    let described: Vec<Value> = cols
+        .iter()
+        .map(|c| serde_json::json!({"column": c.name, "field": c.source, "bitrix_type": c.bitrix_type, "arrow_type": c.kind.data_type().to_string()}))
+        .collect();
+    let text = Value::Array(described).to_string();
+    let metadata = std::collections::HashMap::from([
+        ("b24_export.schema_fingerprint".to_string(), format!("{:016x}", fnv1a(text.as_bytes()))),
+        ("b24_export.columns".to_string(), text),
+    ]);
+    Arc::new(Schema::new_with_metadata(
         cols.iter().map(|c| Field::new(&c.name, c.kind.data_type(), c.kind.nullable())).collect::<Vec<_>>(),
+        metadata,
     ))
+}
+
+/// FNV-1a, 64 bit: a fingerprint that is stable across builds and platforms.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 #[cfg(test)]

@@ -37,6 +37,11 @@ pub enum FType {
     UfCrm,
     UfFile,
     UfAddress,
+    UfCrmStatus(&'static str),
+    UfIblockElement,
+    UfIblockSection,
+    /// An app-defined type (`rest_…`) the exporter cannot know.
+    UfCustom,
 }
 
 impl FType {
@@ -68,6 +73,10 @@ impl FType {
             UfCrm => "crm",
             UfFile => "file",
             UfAddress => "address",
+            UfCrmStatus(_) => "crm_status",
+            UfIblockElement => "iblock_element",
+            UfIblockSection => "iblock_section",
+            UfCustom => "rest_1_scoring",
         }
     }
 }
@@ -169,6 +178,13 @@ pub static FIELDS: &[FieldDef] = &[
     multi("UF_CRM_1710000000010", UfEnumeration, "Interests"),
     multi("UF_CRM_1710000000011", UfString, "Tags"),
     f("UF_CRM_1710000000012", UfAddress, "Office address"),
+    f("UF_CRM_1710000000013", UfCrmStatus("SOURCE"), "Original source"),
+    f("UF_CRM_1710000000014", UfIblockElement, "Product catalog item"),
+    f("UF_CRM_1710000000015", UfIblockSection, "Catalog section"),
+    multi("UF_CRM_1710000000016", UfDate, "Meeting dates"),
+    f("UF_CRM_1710000000017", UfCustom, "Scoring (app field)"),
+    multi("UF_CRM_1710000000018", UfEmployee, "Observers"),
+    multi("UF_CRM_1710000000019", UfBoolean, "Checklist"),
 ];
 
 pub fn field(name: &str) -> Option<&'static FieldDef> {
@@ -182,6 +198,25 @@ pub fn is_user_field(name: &str) -> bool {
 /// Enumeration items of the two enumeration UFs.
 pub const SEGMENT_ITEMS: &[(i64, &str)] = &[(79, "Retail"), (80, "Wholesale"), (81, "Partner"), (82, "Government")];
 pub const INTEREST_ITEMS: &[(i64, &str)] = &[(101, "Hardware"), (102, "Software"), (103, "Support"), (104, "Training")];
+
+/// `crm.status.list` rows: (ENTITY_ID, STATUS_ID, NAME, SORT, SEMANTICS).
+pub fn status_dictionary() -> Vec<(&'static str, &'static str, &'static str, i64, Option<&'static str>)> {
+    let mut out = vec![
+        ("STATUS", "NEW", "Unassigned", 10, None),
+        ("STATUS", "IN_PROCESS", "In progress", 20, None),
+        ("STATUS", "PROCESSED", "Processed", 30, None),
+        ("STATUS", "CONVERTED", "Good lead", 40, Some("S")),
+        ("STATUS", "JUNK", "Junk lead", 50, Some("F")),
+    ];
+    let names = ["Call", "E-mail", "Website", "Advertising", "Partner", "Recommendation", "Trade show", "CRM form", "Callback", "Other"];
+    for (i, (id, name)) in SOURCES.iter().zip(names).enumerate() {
+        out.push(("SOURCE", id, name, 10 * (i as i64 + 1), None));
+    }
+    for (i, (id, name)) in HONORIFICS.iter().zip(["Mr.", "Mrs.", "Ms.", "Dr."]).enumerate() {
+        out.push(("HONORIFIC", id, name, 10 * (i as i64 + 1), None));
+    }
+    out
+}
 
 const STATUSES: &[(&str, &str)] = &[("NEW", "P"), ("IN_PROCESS", "P"), ("PROCESSED", "P"), ("CONVERTED", "S"), ("JUNK", "F")];
 const SOURCES: &[&str] = &[
@@ -496,6 +531,28 @@ pub fn lead_truth(seed: u64, id: i64, position: usize, count: usize) -> Vec<Trut
                 let n = r.below(3);
                 Truth::List((0..n).map(|k| Truth::Str(format!("tag-{k}-{}", r.pick(&["vip", "новый", "b2b"])))).collect())
             }
+            "UF_CRM_1710000000013" => {
+                if r.chance(40) {
+                    Truth::Str(r.pick(SOURCES).to_string())
+                } else {
+                    Truth::Null
+                }
+            }
+            "UF_CRM_1710000000014" => opt_str(&mut r, 30, |r| (100 + r.below(900)).to_string()),
+            "UF_CRM_1710000000015" => opt_str(&mut r, 30, |r| (1 + r.below(60)).to_string()),
+            "UF_CRM_1710000000016" => {
+                let n = r.below(3);
+                Truth::List((0..n).map(|_| Truth::Date(((created / 86_400) + r.below(200) as i64) as i32)).collect())
+            }
+            "UF_CRM_1710000000017" => opt_str(&mut r, 30, |r| format!("grade:{}|{}", r.pick(&["A", "B", "C"]), r.below(100))),
+            "UF_CRM_1710000000018" => {
+                let n = r.below(3);
+                Truth::List((0..n).map(|k| Truth::Int(1 + k as i64 * 10 + r.below(10) as i64)).collect())
+            }
+            "UF_CRM_1710000000019" => {
+                let n = r.below(4);
+                Truth::List((0..n).map(|_| Truth::Bool(r.chance(50))).collect())
+            }
             "UF_CRM_1710000000012" => opt_str(&mut r, 20, |r| format!("350 5th Ave, New York|40.748441;-73.985664|{}", r.below(9_000_000))),
             other => unreachable!("no generator for field {other}"),
         };
@@ -559,7 +616,11 @@ pub fn render_value(def: &FieldDef, t: &Truth, lead_id: i64, enc: &Encoding) -> 
         }),
         (_, Truth::List(items)) if def.multiple => {
             if items.is_empty() {
-                Value::Bool(false) // a NULL multiple column comes back as false
+                match def.ftype {
+                    UfDate | UfDateTime => Value::String(String::new()), // empty multiple date UF: ""
+                    _ if lead_id % 2 == 0 => Value::Array(vec![]),       // values that were cleared: []
+                    _ => Value::Bool(false),                             // a NULL multiple column: false
+                }
             } else {
                 Value::Array(items.iter().map(|i| scalar(def.ftype, i, enc, &off)).collect())
             }
@@ -617,7 +678,7 @@ pub fn fields_metadata() -> Value {
         if def.name == "CONTACT_ID" {
             o.insert("isDeprecated".into(), json!(true));
         }
-        if let CrmStatus(st) = def.ftype {
+        if let CrmStatus(st) | UfCrmStatus(st) = def.ftype {
             o.insert("statusType".into(), json!(st));
         }
         if def.ftype == UfEnumeration {

@@ -42,6 +42,22 @@ pub struct SimConfig {
     pub latency: Duration,
     /// After this many HTTP requests every request gets 500 `INTERNAL_SERVER_ERROR` (a portal that goes down).
     pub fail_after: Option<u64>,
+    /// Serve a few malformed values (see [`bad_value_at`]) to exercise the exporter's bad-value policy.
+    pub bad_values: bool,
+}
+
+/// The malformed value served at `position` when [`SimConfig::bad_values`] is on: (field, raw value).
+pub fn bad_value_at(position: usize) -> Option<(&'static str, Value)> {
+    Some(match position % 997 {
+        10 => ("UF_CRM_1706782596092", json!("abc")),                   // text in an integer
+        20 => ("DATE_MODIFY", json!("2021-13-45T10:00:00+02:00")),      // impossible date-time
+        30 => ("OPPORTUNITY", json!("12.345")),                         // money with 3 decimals
+        40 => ("UF_CRM_1710000000011", json!("not-a-list")),            // a string where a list is due
+        50 => ("OPENED", json!("maybe")),                               // not a flag
+        60 => ("UF_CRM_1710000000005", json!("12.5.5|USD")),            // broken money
+        70 => ("BIRTHDATE", json!({"auth": "x"})),                      // an object where a date is due
+        _ => return None,
+    })
 }
 
 impl Default for SimConfig {
@@ -58,6 +74,7 @@ impl Default for SimConfig {
             out_of_range_first_page: true,
             latency: Duration::ZERO,
             fail_after: None,
+            bad_values: false,
         }
     }
 }
@@ -276,6 +293,7 @@ fn call(state: &State, method: &str, params: &Map<String, Value>, allow_batch: b
             Ok(m)
         }
         "crm.lead.list" => lead_list(state, params),
+        "crm.status.list" => status_list(params),
         "batch" if allow_batch => batch(state, params),
         "batch" => Err(ApiErr(StatusCode::METHOD_NOT_ALLOWED, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage".into())),
         _ => Err(ApiErr(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!".into())),
@@ -409,9 +427,39 @@ fn render_rows(state: &State, rows: &[(usize, Vec<Truth>)], select: &[String]) -
     let keep = select_filter(select);
     Value::Array(
         rows.iter()
-            .map(|(pos, t)| Value::Object(data::render_lead(t, state.ids[*pos], &state.enc, &keep)))
+            .map(|(pos, t)| {
+                let mut m = data::render_lead(t, state.ids[*pos], &state.enc, &keep);
+                if state.cfg.bad_values {
+                    if let Some((field, raw)) = bad_value_at(*pos) {
+                        if m.contains_key(field) || data::field(field).is_some_and(|d| keep(d)) {
+                            m.insert(field.to_string(), raw);
+                        }
+                    }
+                }
+                Value::Object(m)
+            })
             .collect(),
     )
+}
+
+/// `crm.status.list` (§11): the lead's STATUS, SOURCE and HONORIFIC dictionaries, filterable by ENTITY_ID.
+fn status_list(params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr> {
+    let filter = array_param(params, "filter")?;
+    let entity = filter.iter().find(|(k, _)| k.trim_start_matches('=').eq_ignore_ascii_case("ENTITY_ID")).and_then(|(_, v)| v.as_str());
+    let rows: Vec<Value> = data::status_dictionary()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (e, ..))| entity.is_none_or(|want| want == *e))
+        .map(|(i, (e, id, name, sort, sem))| {
+            json!({"ID": (100 + i).to_string(), "ENTITY_ID": e, "STATUS_ID": id, "NAME": name, "NAME_INIT": name,
+                   "SORT": sort.to_string(), "SYSTEM": "Y", "CATEGORY_ID": null, "COLOR": "#39A8EF", "SEMANTICS": sem,
+                   "EXTRA": {"SEMANTICS": match sem { Some("S") => "success", Some("F") => "failure", _ => "process" }, "COLOR": "#39A8EF"}})
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("total".into(), json!(rows.len()));
+    m.insert("result".into(), Value::Array(rows));
+    Ok(m)
 }
 
 /// Empty PHP arrays serialize as `[]`; arrays with keys 0..n as JSON lists.

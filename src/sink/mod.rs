@@ -302,6 +302,35 @@ pub fn publish(staging: &Path, dataset: &Path, files: &[FileInfo]) -> Result<()>
     Ok(())
 }
 
+/// Writes a small table as one Parquet file at `path` (a staging name); returns its size in bytes.
+pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<u64> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let file = File::create(path).map_err(io_err(path))?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| Error::Parquet { path: path.into(), source: e })?;
+    w.write(batch).map_err(|e| Error::Parquet { path: path.into(), source: e })?;
+    let file = w.into_inner().map_err(|e| Error::Parquet { path: path.into(), source: e })?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(file.metadata().map_err(io_err(path))?.len())
+}
+
+/// Moves one staged file to its published name, replacing what was there (an atomic rename).
+pub fn publish_file(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    std::fs::rename(from, to).map_err(io_err(to))?;
+    if let Some(parent) = to.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
 /// Every `*.parquet` file under `root`.
 pub fn list_dataset_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use b24_export::sim::data::{self, FieldDef, Truth, FIELDS};
 use b24_export::sim::{SimConfig, SimPortal};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 
 pub fn start_sim(cfg: SimConfig) -> SimPortal {
     SimPortal::start(cfg, 0).expect("start the simulated portal")
@@ -72,6 +73,36 @@ pub fn read_dataset(dir: &Path) -> Dataset {
         files: v["files"].as_u64().unwrap() as usize,
         rows: v["rows"].as_array().unwrap().iter().map(|r| r.as_object().cloned().unwrap()).collect(),
     }
+}
+
+/// Runs SQL with DuckDB; rows as JSON objects.
+pub fn query(sql: &str) -> Vec<serde_json::Map<String, Value>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/query.py");
+    let o = Command::new(python()).arg(script).arg(sql).output().expect("run python");
+    assert!(o.status.success(), "query.py failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json from query.py");
+    v.as_array().unwrap().iter().map(|r| r.as_object().cloned().unwrap()).collect()
+}
+
+/// The DuckDB type the issue's type table promises for a simulated field — derived from the simulator's
+/// field definitions, independently of the exporter's schema code.
+pub fn promised_duckdb_type(def: &FieldDef) -> String {
+    use data::FType::*;
+    let money = "STRUCT(amount DECIMAL(18,2), currency VARCHAR)".to_string();
+    let scalar = match def.ftype {
+        _ if def.name == "OPPORTUNITY" => "DECIMAL(18,2)".to_string(),
+        Integer | User | CrmCompany | CrmContact | UfInteger | UfEmployee | UfEnumeration => "BIGINT".into(),
+        Double | UfDouble => "DOUBLE".into(),
+        Char | UfBoolean => "BOOLEAN".into(),
+        DateTime | UfDateTime => "TIMESTAMP WITH TIME ZONE".into(),
+        Date | UfDate => "DATE".into(),
+        Multifield => return r#"STRUCT(id BIGINT, value_type VARCHAR, "value" VARCHAR, type_id VARCHAR)[]"#.into(),
+        UfMoney => money,
+        UfFile => "STRUCT(id BIGINT, show_url VARCHAR)".into(),
+        Str | CrmStatus(_) | CrmCurrency | UfString | UfUrl | UfAddress | UfCrm | UfCrmStatus(_) | UfIblockElement
+        | UfIblockSection | UfCustom => "VARCHAR".into(),
+    };
+    if def.multiple { format!("{scalar}[]") } else { scalar }
 }
 
 fn cents_text(c: i64) -> String {
@@ -148,3 +179,26 @@ pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
 pub fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+/// Checks the exact ID set and every value of every lead against the simulator's truth.
+pub fn check_full_dataset(sim: &SimPortal, ds: &Dataset, skip: &[&str]) {
+    let ids: Vec<i64> = ds.rows.iter().map(|r| r["id"].as_i64().expect("id is an integer")).collect();
+    let unique: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicate IDs in the dataset");
+    assert_eq!(ids, sim.ids(), "the exported ID set differs from the portal's");
+    let mut mismatches = Vec::new();
+    for (pos, row) in ds.rows.iter().enumerate() {
+        let mut truth = sim.truth_at(pos);
+        if sim.config().bad_values {
+            // a value the portal garbled is expected as NULL (an empty list for lists)
+            if let Some((field, _)) = b24_export::sim::bad_value_at(pos) {
+                truth[FIELDS.iter().position(|f| f.name == field).unwrap()] = Truth::Null;
+            }
+        }
+        for m in compare_row(row, &truth, skip) {
+            mismatches.push(format!("lead {}: {m}", ids[pos]));
+        }
+    }
+    assert!(mismatches.is_empty(), "{} mismatches, first: {:#?}", mismatches.len(), &mismatches[..mismatches.len().min(10)]);
+}
+

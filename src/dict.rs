@@ -1,0 +1,146 @@
+//! Labels and dictionaries an analyst can join: `_dict/fields`, `_dict/enum_items` and `_dict/statuses`,
+//! built from `crm.lead.fields` and `crm.status.list`.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use serde_json::{json, Value};
+
+use crate::client::PortalClient;
+use crate::error::{PortalError, Result};
+use crate::schema::Column;
+
+/// One row of a status dictionary (`crm.status.list`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub entity_id: String,
+    pub status_id: String,
+    pub name: String,
+    pub sort: Option<i64>,
+    pub semantics: Option<String>,
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Fetches the status dictionaries the columns refer to (`statusType` of `crm_status` fields).
+pub async fn fetch_statuses(client: &PortalClient, cols: &[Column]) -> Result<Vec<Status>, PortalError> {
+    let mut entities: Vec<&str> = cols.iter().filter_map(|c| c.status_type.as_deref()).collect();
+    entities.sort();
+    entities.dedup();
+    let mut out = Vec::new();
+    for entity in entities {
+        let mut start = 0u64;
+        loop {
+            let env = client
+                .call("crm.status.list", &json!({"filter": {"ENTITY_ID": entity}, "order": {"SORT": "ASC"}, "start": start}))
+                .await?;
+            let rows = match env.value()? {
+                Value::Array(a) => a,
+                _ => Vec::new(),
+            };
+            for r in &rows {
+                out.push(Status {
+                    entity_id: text(r.get("ENTITY_ID")).unwrap_or_else(|| entity.to_string()),
+                    status_id: text(r.get("STATUS_ID")).unwrap_or_default(),
+                    name: text(r.get("NAME")).unwrap_or_default(),
+                    sort: text(r.get("SORT")).and_then(|s| s.trim().parse().ok()),
+                    semantics: text(r.get("SEMANTICS")).filter(|s| !s.is_empty()),
+                });
+            }
+            match env.next {
+                Some(n) if n > start && !rows.is_empty() => start = n,
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn utf8<I: IntoIterator<Item = Option<String>>>(it: I) -> ArrayRef {
+    Arc::new(StringArray::from_iter(it))
+}
+
+fn batch(fields: Vec<Field>, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// `_dict/fields`: one row per column of the dataset.
+pub fn fields_table(entity: &str, cols: &[Column]) -> Result<RecordBatch> {
+    let s = |f: &dyn Fn(&Column) -> Option<String>| utf8(cols.iter().map(f));
+    batch(
+        vec![
+            Field::new("entity", DataType::Utf8, false),
+            Field::new("column", DataType::Utf8, false),
+            Field::new("field", DataType::Utf8, false),
+            Field::new("bitrix_type", DataType::Utf8, true),
+            Field::new("arrow_type", DataType::Utf8, false),
+            Field::new("duckdb_type", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, true),
+            Field::new("is_multiple", DataType::Boolean, false),
+            Field::new("status_type", DataType::Utf8, true),
+        ],
+        vec![
+            s(&|_| Some(entity.to_string())),
+            s(&|c| Some(c.name.clone())),
+            s(&|c| Some(c.source.clone())),
+            s(&|c| Some(c.bitrix_type.clone())),
+            s(&|c| Some(c.kind.data_type().to_string())),
+            s(&|c| Some(c.kind.duckdb_type())),
+            s(&|c| Some(c.label.clone())),
+            Arc::new(BooleanArray::from(cols.iter().map(|c| c.multiple).collect::<Vec<_>>())),
+            s(&|c| c.status_type.clone()),
+        ],
+    )
+}
+
+/// `_dict/enum_items`: the items of enumeration fields (the column holds the item id).
+pub fn enum_items_table(entity: &str, cols: &[Column]) -> Result<RecordBatch> {
+    let rows: Vec<(&Column, usize, &(i64, String))> =
+        cols.iter().flat_map(|c| c.items.iter().enumerate().map(move |(i, it)| (c, i, it))).collect();
+    batch(
+        vec![
+            Field::new("entity", DataType::Utf8, false),
+            Field::new("column", DataType::Utf8, false),
+            Field::new("field", DataType::Utf8, false),
+            Field::new("item_id", DataType::Int64, false),
+            Field::new("value", DataType::Utf8, true),
+            Field::new("sort", DataType::Int64, false),
+        ],
+        vec![
+            utf8(rows.iter().map(|_| Some(entity.to_string()))),
+            utf8(rows.iter().map(|(c, ..)| Some(c.name.clone()))),
+            utf8(rows.iter().map(|(c, ..)| Some(c.source.clone()))),
+            Arc::new(Int64Array::from(rows.iter().map(|(_, _, it)| it.0).collect::<Vec<_>>())),
+            utf8(rows.iter().map(|(_, _, it)| Some(it.1.clone()))),
+            // crm.lead.fields gives items in display order without a SORT: their position is the order
+            Arc::new(Int64Array::from(rows.iter().map(|(_, i, _)| (*i as i64 + 1) * 10).collect::<Vec<_>>())),
+        ],
+    )
+}
+
+/// `_dict/statuses`: the status dictionaries (`STATUS`, `SOURCE`, `HONORIFIC`, …).
+pub fn statuses_table(rows: &[Status]) -> Result<RecordBatch> {
+    batch(
+        vec![
+            Field::new("entity_id", DataType::Utf8, false),
+            Field::new("status_id", DataType::Utf8, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("sort", DataType::Int64, true),
+            Field::new("semantics", DataType::Utf8, true),
+        ],
+        vec![
+            utf8(rows.iter().map(|r| Some(r.entity_id.clone()))),
+            utf8(rows.iter().map(|r| Some(r.status_id.clone()))),
+            utf8(rows.iter().map(|r| Some(r.name.clone()))),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.sort).collect::<Vec<_>>())),
+            utf8(rows.iter().map(|r| r.semantics.clone())),
+        ],
+    )
+}
