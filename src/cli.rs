@@ -11,6 +11,7 @@ use crate::client::ClientConfig;
 use crate::error::{Error, Result};
 use crate::export::{self, ExportOptions, ExportSummary};
 use crate::secret::Webhook;
+use crate::sim::data::IdLayout;
 use crate::sim::{SimConfig, SimPortal};
 use crate::sink::partition::PartitionSpec;
 
@@ -57,21 +58,30 @@ pub enum SchemaFormat {
 
 #[derive(Args, Debug)]
 pub struct LimitArgs {
-    /// Requests per second the client allows itself (the portal drains 2/s on standard plans, 5/s on enterprise).
-    #[arg(long, default_value_t = 2.0)]
-    pub rate: f64,
-    /// Requests the client may send in a burst (50 standard, 250 enterprise).
-    #[arg(long, default_value_t = 50.0)]
-    pub burst: f64,
+    /// The portal's plan, which sets the request limits: standard (burst 50, 2 requests/s) or enterprise (250, 5/s).
+    #[arg(long, default_value = "standard", value_parser = ["standard", "enterprise"])]
+    pub plan: String,
+    /// Requests per second the client allows itself (overrides the plan).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Requests the client may send in a burst (overrides the plan).
+    #[arg(long)]
+    pub burst: Option<f64>,
     /// Retries of a transient failure (503, 429, 5xx, timeouts, broken connections) before giving up.
     #[arg(long, default_value_t = 8)]
     pub max_retries: u32,
     /// Per-request timeout in seconds (the cloud portal cuts requests at 60 s).
     #[arg(long, default_value_t = 75)]
     pub timeout: u64,
-    /// Batch requests in flight at once (each carries up to 50 list calls).
-    #[arg(long, default_value_t = 2)]
+    /// Batch requests in flight at most (each carries up to 50 list calls); fewer on small portals.
+    #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// The portal's operating-time budget per method, in seconds per 10 minutes (cloud: 480).
+    #[arg(long, default_value_t = 480)]
+    pub operating_limit: u64,
+    /// How long, in all, to wait for methods the portal blocked (429 OPERATION_TIME_LIMIT), in seconds.
+    #[arg(long, default_value_t = 1200)]
+    pub max_pause: u64,
 }
 
 #[derive(Args, Debug)]
@@ -115,12 +125,27 @@ pub struct SimArgs {
     /// The portal's UTC offset, e.g. +02:00 or -05:00.
     #[arg(long, default_value = "+02:00", allow_hyphen_values = true)]
     pub tz_offset: String,
-    /// Leaky bucket size (50 standard, 250 enterprise).
-    #[arg(long, default_value_t = 50.0)]
-    pub burst: f64,
-    /// Leaky bucket drain rate per second (2 standard, 5 enterprise).
-    #[arg(long, default_value_t = 2.0)]
-    pub rate: f64,
+    /// The plan's limits: standard (burst 50, 2 requests/s) or enterprise (250, 5/s).
+    #[arg(long, default_value = "standard", value_parser = ["standard", "enterprise"])]
+    pub plan: String,
+    /// Leaky bucket size (overrides the plan).
+    #[arg(long)]
+    pub burst: Option<f64>,
+    /// Leaky bucket drain rate per second (overrides the plan).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Server time per list call in milliseconds, charged to the operating budget (a batch of 50 costs 50×).
+    #[arg(long, default_value_t = 0)]
+    pub list_cost_ms: u64,
+    /// Operating budget per method in seconds per window (0 = off).
+    #[arg(long, default_value_t = 480)]
+    pub operating_limit: u64,
+    /// The operating budget's window in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub operating_window: u64,
+    /// How IDs are spread: realistic, dense, sparse, huge-gap.
+    #[arg(long, default_value = "realistic", value_parser = ["realistic", "dense", "sparse", "huge-gap"])]
+    pub id_layout: String,
     /// Boolean user fields as JSON true/false instead of "1"/"0".
     #[arg(long)]
     pub bool_uf_json: bool,
@@ -168,18 +193,23 @@ fn parse_filter(raw: Option<&str>) -> Result<Map<String, Value>> {
 }
 
 fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
-    if !(l.rate > 0.0) || !(l.burst >= 1.0) {
+    let plan = ClientConfig::for_plan(&l.plan).ok_or_else(|| Error::Usage(format!("unknown --plan {:?}", l.plan)))?;
+    let rate = l.rate.unwrap_or(plan.rate);
+    let burst = l.burst.unwrap_or(plan.burst);
+    if !(rate > 0.0) || !(burst >= 1.0) {
         return Err(Error::Usage("--rate must be > 0 and --burst >= 1".into()));
     }
-    if l.concurrency == 0 || l.concurrency > 16 {
-        return Err(Error::Usage("--concurrency must be between 1 and 16".into()));
+    if l.concurrency == 0 || l.concurrency > 32 {
+        return Err(Error::Usage("--concurrency must be between 1 and 32".into()));
     }
     Ok(ClientConfig {
-        rate: l.rate,
-        burst: l.burst,
+        rate,
+        burst,
         max_retries: l.max_retries,
         timeout: Duration::from_secs(l.timeout.max(1)),
-        ..ClientConfig::default()
+        operating_limit: Duration::from_secs(l.operating_limit.max(1)),
+        max_pause: Duration::from_secs(l.max_pause),
+        ..plan
     })
 }
 
@@ -232,6 +262,13 @@ pub fn print_summary(s: &ExportSummary) {
         s.seconds,
         s.run_id
     );
+    if s.paused_secs > 0.0 || s.operating_blocks > 0 {
+        let _ = writeln!(
+            out,
+            "paused {:.1} s for the portal's operating-time budget ({} OPERATION_TIME_LIMIT answers)",
+            s.paused_secs, s.operating_blocks
+        );
+    }
     if let Some(f) = &s.rejects_file {
         let per_field: Vec<String> = s.rejects.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let _ = writeln!(
@@ -288,15 +325,25 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sim(a) => {
+            let base = if a.plan == "enterprise" { SimConfig::default().enterprise() } else { SimConfig::default() };
             let cfg = SimConfig {
                 leads: a.leads,
                 seed: a.seed,
                 offset_secs: parse_offset(&a.tz_offset)?,
-                burst: a.burst,
-                drain_per_sec: a.rate,
+                burst: a.burst.unwrap_or(base.burst),
+                drain_per_sec: a.rate.unwrap_or(base.drain_per_sec),
                 bool_uf_json: a.bool_uf_json,
                 latency: Duration::from_millis(a.latency_ms),
-                ..SimConfig::default()
+                list_cost: Duration::from_millis(a.list_cost_ms),
+                operating_limit: (a.operating_limit > 0).then(|| Duration::from_secs(a.operating_limit)),
+                operating_window: Duration::from_secs(a.operating_window.max(10)),
+                id_layout: match a.id_layout.as_str() {
+                    "dense" => IdLayout::Dense,
+                    "sparse" => IdLayout::Sparse,
+                    "huge-gap" => IdLayout::HugeGap,
+                    _ => IdLayout::Realistic,
+                },
+                ..base
             };
             let portal = SimPortal::start(cfg, a.port).map_err(|e| Error::Usage(format!("cannot listen on 127.0.0.1:{}: {e}", a.port)))?;
             println!("simulated portal with {} leads listening on http://{}", a.leads, portal.addr());
@@ -320,7 +367,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 filter: Map::new(),
                 select: None,
                 client: ClientConfig::default(),
-                concurrency: 2,
+                concurrency: 8,
                 overwrite: true,
                 progress: !cli.quiet,
                 strict: false,

@@ -7,7 +7,7 @@ use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use serde_json::{json, Value};
 
-use crate::client::PortalClient;
+use crate::client::{php_query, PortalClient};
 use crate::error::{PortalError, Result};
 use crate::schema::Column;
 
@@ -29,35 +29,60 @@ fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Fetches the status dictionaries the columns refer to (`statusType` of `crm_status` fields).
+fn status_rows(entity: &str, result: Value, out: &mut Vec<Status>) -> usize {
+    let rows = match result {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    };
+    for r in &rows {
+        out.push(Status {
+            entity_id: text(r.get("ENTITY_ID")).unwrap_or_else(|| entity.to_string()),
+            status_id: text(r.get("STATUS_ID")).unwrap_or_default(),
+            name: text(r.get("NAME")).unwrap_or_default(),
+            sort: text(r.get("SORT")).and_then(|s| s.trim().parse().ok()),
+            semantics: text(r.get("SEMANTICS")).filter(|s| !s.is_empty()),
+        });
+    }
+    rows.len()
+}
+
+/// Fetches the status dictionaries the columns refer to (`statusType` of `crm_status` fields): one `batch`
+/// request for all of them, and more calls only for a dictionary longer than a page.
 pub async fn fetch_statuses(client: &PortalClient, cols: &[Column]) -> Result<Vec<Status>, PortalError> {
     let mut entities: Vec<&str> = cols.iter().filter_map(|c| c.status_type.as_deref()).collect();
     entities.sort();
     entities.dedup();
+    entities.truncate(50);
     let mut out = Vec::new();
-    for entity in entities {
-        let mut start = 0u64;
-        loop {
-            let env = client
-                .call("crm.status.list", &json!({"filter": {"ENTITY_ID": entity}, "order": {"SORT": "ASC"}, "start": start}))
-                .await?;
-            let rows = match env.value()? {
-                Value::Array(a) => a,
-                _ => Vec::new(),
-            };
-            for r in &rows {
-                out.push(Status {
-                    entity_id: text(r.get("ENTITY_ID")).unwrap_or_else(|| entity.to_string()),
-                    status_id: text(r.get("STATUS_ID")).unwrap_or_default(),
-                    name: text(r.get("NAME")).unwrap_or_default(),
-                    sort: text(r.get("SORT")).and_then(|s| s.trim().parse().ok()),
-                    semantics: text(r.get("SEMANTICS")).filter(|s| !s.is_empty()),
-                });
-            }
-            match env.next {
-                Some(n) if n > start && !rows.is_empty() => start = n,
-                _ => break,
-            }
+    if entities.is_empty() {
+        return Ok(out);
+    }
+    let params = |e: &str, start: u64| json!({"filter": {"ENTITY_ID": e}, "order": {"SORT": "ASC"}, "start": start});
+    let cmds: Vec<(String, String)> = entities
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (format!("s{i}"), format!("crm.status.list?{}", php_query::encode(params(e, 0).as_object().expect("object")))))
+        .collect();
+    let mut batch = client.batch(&cmds).await?;
+    for (i, entity) in entities.iter().enumerate() {
+        let key = format!("s{i}");
+        if let Some((code, desc)) = batch.errors.get(&key) {
+            return Err(PortalError::Api {
+                method: "crm.status.list".into(),
+                status: 200,
+                code: code.clone(),
+                description: format!("{desc} (dictionary {entity})"),
+                attempts: 1,
+            });
+        }
+        let raw = batch.results.remove(&key);
+        let value = raw.map(|r| serde_json::from_str(r.get()).unwrap_or(Value::Null)).unwrap_or(Value::Null);
+        status_rows(entity, value, &mut out);
+        let mut next = batch.nexts.get(&key).copied();
+        while let Some(start) = next {
+            let env = client.call("crm.status.list", &params(entity, start)).await?;
+            let n = status_rows(entity, env.value()?, &mut out);
+            next = env.next.filter(|nx| *nx > start && n > 0);
         }
     }
     Ok(out)

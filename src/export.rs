@@ -53,6 +53,9 @@ pub struct ExportSummary {
     pub bytes: u64,
     pub requests: u64,
     pub retries: u64,
+    /// Seconds spent waiting for the operating-time budget, and 429 blocks met.
+    pub paused_secs: f64,
+    pub operating_blocks: u64,
     pub seconds: f64,
     /// Files of a previous dataset removed by `--overwrite`.
     pub replaced: usize,
@@ -238,6 +241,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         files,
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
+        paused_secs: stats.paused_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        operating_blocks: stats.operating_blocks.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         replaced,
         rejects: rejects.counts,

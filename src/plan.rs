@@ -53,11 +53,22 @@ struct Range {
     hi: i64,
     busy: bool,
     failures: u32,
+    /// Leads per ID seen on this range's last full page (IDs are rarely dense: deletions, imports).
+    density: Option<f64>,
 }
 
 impl Range {
+    fn new(last: i64, hi: i64) -> Self {
+        Range { last, hi, busy: false, failures: 0, density: None }
+    }
+
     fn span(&self) -> i64 {
         self.hi - self.last - 1
+    }
+
+    /// About how many leads are left in the range.
+    fn remaining(&self, default_density: f64) -> f64 {
+        self.span() as f64 * self.density.unwrap_or(default_density)
     }
 }
 
@@ -123,11 +134,21 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// Lowest and highest ID matching the user's filter, in one batch request. `None` when nothing matches.
-async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<(i64, i64)>, PortalError> {
+/// What the probe learnt: the ID span and how many leads match.
+struct Probe {
+    lo: i64,
+    hi: i64,
+    total: Option<u64>,
+}
+
+/// Lowest and highest ID matching the user's filter, and their count, in one batch request (the count costs the
+/// portal one COUNT query, once). `None` when nothing matches.
+async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<Probe>, PortalError> {
     let id_only = vec!["ID".to_string()];
+    let mut counted = list_params(spec, &[], "ASC", &id_only);
+    counted.insert("start".into(), json!(0));
     let cmds = vec![
-        ("min".to_string(), command(spec, &list_params(spec, &[], "ASC", &id_only))),
+        ("min".to_string(), command(spec, &counted)),
         ("max".to_string(), command(spec, &list_params(spec, &[], "DESC", &id_only))),
     ];
     let mut attempts = 0;
@@ -145,10 +166,11 @@ async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<(i64, i
             tokio::time::sleep(std::time::Duration::from_millis(500 * attempts as u64)).await;
             continue;
         };
+        let total = out.totals.get("min").copied();
         let min = ids_of(&spec.method, "min", &min)?;
         let max = ids_of(&spec.method, "max", &max)?;
         match (min.first().copied().flatten(), max.first().copied().flatten(), min.is_empty(), max.is_empty()) {
-            (Some(lo), Some(hi), _, _) if lo <= hi => return Ok(Some((lo, hi))),
+            (Some(lo), Some(hi), _, _) if lo <= hi => return Ok(Some(Probe { lo, hi, total })),
             (None, None, true, true) => return Ok(None),
             // a lead created or deleted between the two commands: look again
             (_, _, a, b) if a != b && attempts <= spec.max_retries => continue,
@@ -168,10 +190,17 @@ fn fatal_error(spec: &FetchSpec, out: &BatchOutcome, attempts: u32) -> Option<Po
 }
 
 /// The open ranges, under stable keys (requests in flight refer to them by key).
-#[derive(Default)]
 struct Ranges {
     map: std::collections::BTreeMap<usize, Range>,
     next_key: usize,
+    /// Leads per ID over the whole span (from the probe's count), for ranges not yet sampled.
+    density: f64,
+}
+
+impl Default for Ranges {
+    fn default() -> Self {
+        Ranges { map: Default::default(), next_key: 0, density: 1.0 }
+    }
 }
 
 impl Ranges {
@@ -180,18 +209,28 @@ impl Ranges {
         self.next_key += 1;
     }
 
-    /// Splits idle ranges until there are `want` idle ones or none is worth splitting.
+    /// Splits idle ranges until there are `want` idle ones or none is worth splitting. The range with the most
+    /// leads left (by its observed density) is split, so that ranges finish at about the same time.
     fn refill(&mut self, want: usize) {
         loop {
             if self.map.values().filter(|r| !r.busy).count() >= want {
                 return;
             }
-            let Some((&k, widest)) = self.map.iter().filter(|(_, r)| !r.busy).max_by_key(|(_, r)| r.span()) else { return };
-            if widest.span() < 2 * PAGE as i64 {
-                return; // too narrow: at most a couple of pages left
+            let d = self.density;
+            let Some((&k, fullest)) = self
+                .map
+                .iter()
+                .filter(|(_, r)| !r.busy && r.span() >= 2)
+                .max_by(|a, b| a.1.remaining(d).total_cmp(&b.1.remaining(d)))
+            else {
+                return;
+            };
+            if fullest.remaining(d) < 2.0 * PAGE as f64 {
+                return; // a couple of pages left at most: splitting would cost more commands than it saves
             }
-            let mid = widest.last + 1 + widest.span() / 2;
-            let upper = Range { last: mid - 1, hi: widest.hi, busy: false, failures: 0 };
+            let mid = fullest.last + 1 + fullest.span() / 2;
+            let mut upper = Range::new(mid - 1, fullest.hi);
+            upper.density = fullest.density;
             self.map.get_mut(&k).expect("present").hi = mid;
             self.insert(upper);
         }
@@ -201,18 +240,29 @@ impl Ranges {
 /// Fetches every record matching `spec` and sends them downstream in pages.
 /// Returns the number of records fetched.
 pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc::Sender<Page>, progress: Arc<Progress>) -> Result<u64> {
-    let Some((lo, hi)) = probe(&client, &spec).await? else {
+    let Some(Probe { lo, hi, total }) = probe(&client, &spec).await? else {
         return Ok(0);
     };
-    let concurrency = spec.concurrency.max(1);
+    let concurrency = plan_concurrency(total, spec.concurrency);
+    tracing::debug!("probe: IDs {lo}..={hi}, {total:?} leads; {concurrency} batch request(s) in flight");
     let mut ranges = Ranges::default();
-    ranges.insert(Range { last: lo - 1, hi: hi + 1, busy: false, failures: 0 });
+    if let Some(t) = total {
+        ranges.density = (t as f64 / (hi - lo + 1) as f64).clamp(1e-9, 1.0);
+    }
+    ranges.insert(Range::new(lo - 1, hi + 1));
     ranges.refill(BATCH * concurrency);
     let mut inflight: JoinSet<(Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>)> = JoinSet::new();
     let mut fetched = 0u64;
     loop {
         // launch requests while there is room and idle work
         while inflight.len() < concurrency {
+            // the method's operating budget: hold back rather than be blocked
+            if let Some(wait) = client.budget().wait_before(&spec.method, inflight.len()) {
+                if !inflight.is_empty() {
+                    break; // let the requests under way finish first; their answers update the picture
+                }
+                client.pause(wait, &format!("{}: close to the operating-time limit", spec.method)).await;
+            }
             ranges.refill(BATCH);
             let picked: Vec<usize> = ranges.map.iter().filter(|(_, r)| !r.busy).map(|(k, _)| *k).take(BATCH).collect();
             if picked.is_empty() {
@@ -243,10 +293,15 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
         let mut page_rows = 0usize;
         let mut worst_failures = 0u32;
         let mut failed_steps = 0usize;
+        let mut blocked = 0usize;
         for (&i, sent) in picked.iter().zip(&snapshot) {
             let key = format!("r{i}");
             let r = ranges.map.get_mut(&i).expect("in flight");
             r.busy = false;
+            if out.errors.get(&key).is_some_and(|(code, _)| code == "OPERATION_TIME_LIMIT") {
+                blocked += 1; // not this step's fault: it goes again after the method's reset
+                continue;
+            }
             let Some(res) = out.results.remove(&key) else {
                 // failed transiently (or silently dropped): the same step goes again
                 r.failures += 1;
@@ -289,6 +344,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
             if ids.len() < PAGE {
                 ranges.map.remove(&i); // a short page ends the cursor: the range is exhausted
             } else {
+                r.density = Some(PAGE as f64 / (last - sent.last).max(1) as f64);
                 r.last = last;
             }
             if !ids.is_empty() {
@@ -296,7 +352,21 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                 chunks.push(res);
             }
         }
-        if worst_failures > 0 {
+        if blocked > 0 {
+            client.stats().operating_blocks.fetch_add(blocked as u64, Ordering::Relaxed);
+            if !client.may_pause() {
+                return Err(PortalError::Api {
+                    method: spec.method.clone(),
+                    status: 429,
+                    code: "OPERATION_TIME_LIMIT".into(),
+                    description: "Method is blocked due to operation time limit; the budget did not recover within --max-pause".into(),
+                    attempts: 1,
+                }
+                .into());
+            }
+            let wait = client.budget().blocked(&spec.method);
+            client.pause(wait, &format!("{}: {blocked} cursor step(s) met OPERATION_TIME_LIMIT", spec.method)).await;
+        } else if worst_failures > 0 {
             // some cursor steps failed inside the batch: back off before sending them again
             let delay = client.backoff(worst_failures - 1);
             tracing::warn!("{failed_steps} cursor step(s) failed inside a batch; retrying in {:.1}s", delay.as_secs_f64());
@@ -311,3 +381,56 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
     Ok(fetched)
 }
 
+
+/// How many batch requests to keep in flight: enough to use the portal's burst, but each in-flight request needs
+/// 50 ranges and each range ends with one partly filled page, so more ranges cost more requests. Aim for about
+/// one range per 12 pages (≈ 4 % extra commands), at most `max` requests in flight.
+pub fn plan_concurrency(total: Option<u64>, max: usize) -> usize {
+    let max = max.max(1);
+    let Some(total) = total else { return max.min(2) };
+    let pages = total.div_ceil(PAGE as u64);
+    ((pages / 12) as usize / BATCH).clamp(1, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_grows_with_the_portal() {
+        assert_eq!(plan_concurrency(Some(0), 8), 1);
+        assert_eq!(plan_concurrency(Some(20_000), 8), 1);
+        assert_eq!(plan_concurrency(Some(200_000), 8), 6);
+        assert_eq!(plan_concurrency(Some(1_000_000), 8), 8);
+        assert_eq!(plan_concurrency(None, 8), 2);
+    }
+
+    #[test]
+    fn ranges_split_without_overlap() {
+        let mut r = Ranges::default();
+        r.insert(Range::new(0, 10_001));
+        r.refill(50);
+        let mut spans: Vec<(i64, i64)> = r.map.values().map(|x| (x.last + 1, x.hi)).collect();
+        spans.sort();
+        assert_eq!(spans.len(), 50);
+        assert_eq!(spans.first().unwrap().0, 1);
+        assert_eq!(spans.last().unwrap().1, 10_001);
+        assert!(spans.windows(2).all(|w| w[0].1 == w[1].0), "ranges must tile the ID space exactly");
+        // a narrow range is not split further
+        let mut r = Ranges::default();
+        r.insert(Range::new(0, 60));
+        r.refill(50);
+        assert_eq!(r.map.len(), 1);
+        // a sparse range (few leads per ID) is not split either, a dense one is
+        let mut r = Ranges { density: 0.001, ..Ranges::default() };
+        r.insert(Range::new(0, 50_000));
+        r.refill(50);
+        assert_eq!(r.map.len(), 1, "about 50 leads left: one page");
+        let mut dense = Range::new(0, 50_000);
+        dense.density = Some(1.0);
+        r.map.clear();
+        r.insert(dense);
+        r.refill(50);
+        assert_eq!(r.map.len(), 50);
+    }
+}

@@ -4,6 +4,7 @@
 //! Nothing here formats the method URL into a message: it carries the webhook code.
 
 pub mod limiter;
+pub mod operating;
 pub mod php_query;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::error::PortalError;
 use crate::secret::{redact, Webhook};
 use limiter::LeakyBucket;
+use operating::OperatingBudget;
 
 /// Tunables of the client.
 #[derive(Debug, Clone)]
@@ -33,6 +35,22 @@ pub struct ClientConfig {
     /// First backoff delay; doubles per attempt, with jitter, up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// The portal's operating-time budget per method (cloud: 480 s per 10 minutes).
+    pub operating_limit: Duration,
+    /// How long, in all, a run may wait for blocked methods (429 `OPERATION_TIME_LIMIT`) to be released.
+    pub max_pause: Duration,
+}
+
+impl ClientConfig {
+    /// The limits of a Bitrix24 plan: `standard` (bucket 50, 2 requests/s) or `enterprise` (250, 5/s).
+    pub fn for_plan(plan: &str) -> Option<ClientConfig> {
+        let (rate, burst) = match plan {
+            "standard" => (2.0, 50.0),
+            "enterprise" => (5.0, 250.0),
+            _ => return None,
+        };
+        Some(ClientConfig { rate, burst, ..ClientConfig::default() })
+    }
 }
 
 impl Default for ClientConfig {
@@ -44,6 +62,8 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(75),
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            operating_limit: Duration::from_secs(480),
+            max_pause: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -53,6 +73,10 @@ impl Default for ClientConfig {
 pub struct ClientStats {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
+    /// Milliseconds spent waiting for the operating budget (slowing down before a block, or after one).
+    pub paused_ms: AtomicU64,
+    /// 429 `OPERATION_TIME_LIMIT` answers met (top level or inside a batch).
+    pub operating_blocks: AtomicU64,
 }
 
 /// A response body as parsed off the wire; `result` stays raw JSON text until someone needs it.
@@ -90,12 +114,17 @@ pub struct BatchOutcome {
     pub results: HashMap<String, Box<RawValue>>,
     /// command key → (error code, description)
     pub errors: HashMap<String, (String, String)>,
+    /// command key → `total` of a list command (0 with `start=-1`)
+    pub totals: HashMap<String, u64>,
+    /// command key → `next` of a list command that has more pages
+    pub nexts: HashMap<String, u64>,
 }
 
 pub struct PortalClient {
     http: reqwest::Client,
     webhook: Webhook,
     bucket: LeakyBucket,
+    budget: OperatingBudget,
     cfg: ClientConfig,
     stats: Arc<ClientStats>,
 }
@@ -106,6 +135,8 @@ enum Failure {
     Transient(String),
     /// The portal's bucket is full: re-sync ours, then retry.
     RateLimited(String),
+    /// The method's operating budget is spent: wait for its reset, then retry.
+    Blocked(String),
     /// Give up now.
     Fatal(PortalError),
 }
@@ -165,7 +196,14 @@ impl PortalClient {
             .user_agent(concat!("b24-export/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| PortalError::Transport { method: "-".into(), message: redact(&e.without_url().to_string()), attempts: 0 })?;
-        Ok(PortalClient { bucket: LeakyBucket::new(cfg.rate, cfg.burst), http, webhook, cfg, stats })
+        Ok(PortalClient {
+            bucket: LeakyBucket::new(cfg.rate, cfg.burst),
+            budget: OperatingBudget::new(cfg.operating_limit),
+            http,
+            webhook,
+            cfg,
+            stats,
+        })
     }
 
     pub fn webhook(&self) -> &Webhook {
@@ -174,6 +212,26 @@ impl PortalClient {
 
     pub fn stats(&self) -> &Arc<ClientStats> {
         &self.stats
+    }
+
+    pub fn budget(&self) -> &OperatingBudget {
+        &self.budget
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// Waits (and accounts for it) while the portal has blocked `method`.
+    pub async fn pause(&self, wait: Duration, why: &str) {
+        tracing::warn!("{why}; pausing {:.0}s", wait.as_secs_f64());
+        self.stats.paused_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+
+    /// Whether the run may still wait for operating-budget resets.
+    pub fn may_pause(&self) -> bool {
+        Duration::from_millis(self.stats.paused_ms.load(Ordering::Relaxed)) < self.cfg.max_pause
     }
 
     pub fn backoff(&self, attempt: u32) -> Duration {
@@ -227,6 +285,9 @@ impl PortalClient {
             if code == "QUERY_LIMIT_EXCEEDED" {
                 return Err(Failure::RateLimited(format!("{code} ({desc}) [HTTP {status}]")));
             }
+            if code == "OPERATION_TIME_LIMIT" {
+                return Err(Failure::Blocked(format!("{code} ({desc}) [HTTP {status}]")));
+            }
             return match classify_api_error(method, status, &code, &desc, attempts) {
                 Some(e) => Err(Failure::Fatal(e)),
                 None => Err(Failure::Transient(format!("{code} ({}) [HTTP {status}]", redact(&desc)))),
@@ -241,6 +302,11 @@ impl PortalClient {
         let Some(result) = env.result else {
             return Err(Failure::Transient(format!("HTTP {status} without `result`")));
         };
+        if let Some(t) = &env.time {
+            if method != "batch" {
+                self.budget.observe(method, t);
+            }
+        }
         Ok(Envelope { result, next: env.next, total: env.total, time: env.time })
     }
 
@@ -256,6 +322,22 @@ impl PortalClient {
                 Err(Failure::RateLimited(r)) => {
                     self.bucket.saturate();
                     r
+                }
+                Err(Failure::Blocked(r)) => {
+                    // not a failure of ours: the method's budget is spent until its reset
+                    self.stats.operating_blocks.fetch_add(1, Ordering::Relaxed);
+                    if !self.may_pause() {
+                        return Err(PortalError::Api {
+                            method: method.into(),
+                            status: 429,
+                            code: "OPERATION_TIME_LIMIT".into(),
+                            description: format!("{r}; waited {:.0}s in all for the budget to reset", self.cfg.max_pause.as_secs_f64()),
+                            attempts,
+                        });
+                    }
+                    attempts -= 1;
+                    self.pause(self.budget.blocked(method), &format!("{method}: {r}")).await;
+                    continue;
                 }
                 Err(Failure::Transient(r)) => r,
             };
@@ -277,6 +359,22 @@ impl PortalClient {
         let env = self.call("batch", &params).await?;
         let bad = |m: String| PortalError::Protocol { method: "batch".into(), status: 200, message: m };
         let inner: BatchInner = serde_json::from_str(env.result.get()).map_err(|e| bad(format!("unreadable batch result: {e}")))?;
+        if let Some(Value::Object(times)) = &inner.result_time {
+            // each command reports the method's running total: observe the latest one per method, once
+            let mut latest: HashMap<String, &Value> = HashMap::new();
+            for (key, cmd) in cmds {
+                if let Some(t) = times.get(key) {
+                    let method = cmd.split_once('?').map_or(cmd.as_str(), |(m, _)| m).to_ascii_lowercase();
+                    let op = |v: &Value| v.get("operating").and_then(Value::as_f64).unwrap_or(0.0);
+                    if latest.get(&method).is_none_or(|prev| op(t) >= op(prev)) {
+                        latest.insert(method, t);
+                    }
+                }
+            }
+            for (method, t) in latest {
+                self.budget.observe(&method, t);
+            }
+        }
         let mut out = BatchOutcome::default();
         // PHP serializes an empty map as [] and a map with keys 0..n as a list
         match inner.result {
@@ -295,6 +393,14 @@ impl PortalClient {
             Some(Value::Array(a)) => a.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
             _ => Vec::new(),
         };
+        let numbers = |v: &Option<Value>| -> HashMap<String, u64> {
+            match v {
+                Some(Value::Object(m)) => m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect(),
+                _ => HashMap::new(),
+            }
+        };
+        out.totals = numbers(&inner.result_total);
+        out.nexts = numbers(&inner.result_next);
         for (k, e) in errors {
             let code = e.get("error").map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).unwrap_or_default();
             let desc = e.get("error_description").and_then(Value::as_str).unwrap_or("").to_string();
@@ -308,6 +414,9 @@ impl PortalClient {
 struct BatchInner {
     result: Option<Box<RawValue>>,
     result_error: Option<Value>,
+    result_total: Option<Value>,
+    result_next: Option<Value>,
+    result_time: Option<Value>,
 }
 
 /// A transport error without the URL (which carries the webhook code).

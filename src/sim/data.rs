@@ -289,18 +289,43 @@ impl Rng {
     }
 }
 
-/// The IDs of a portal of `n` leads: increasing from 1 with gaps (deleted leads).
-pub fn generate_ids(n: usize, seed: u64) -> Vec<i64> {
+/// How the IDs of a simulated portal are spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdLayout {
+    /// Increasing from 1 with runs of deleted leads and the odd big hole.
+    #[default]
+    Realistic,
+    /// 1, 2, 3, … without gaps.
+    Dense,
+    /// Gaps of thousands between neighbours.
+    Sparse,
+    /// Two dense halves ten million IDs apart.
+    HugeGap,
+}
+
+/// The IDs of a portal of `n` leads, ascending.
+pub fn generate_ids(n: usize, seed: u64, layout: IdLayout) -> Vec<i64> {
     let mut rng = Rng::new(seed, -1);
     let mut ids = Vec::with_capacity(n);
     let mut id = 0i64;
-    for _ in 0..n {
+    for k in 0..n {
         id += 1;
-        if rng.chance(7) {
-            id += rng.below(40) as i64; // a run of deleted leads
-        }
-        if rng.chance(1) {
-            id += 1000 + rng.below(5000) as i64; // a big hole, e.g. an import that was rolled back
+        match layout {
+            IdLayout::Realistic => {
+                if rng.chance(7) {
+                    id += rng.below(40) as i64; // a run of deleted leads
+                }
+                if rng.below(2000) == 0 {
+                    id += 1000 + rng.below(5000) as i64; // a big hole, e.g. an import that was rolled back
+                }
+            }
+            IdLayout::Dense => {}
+            IdLayout::Sparse => id += 1000 + rng.below(4000) as i64,
+            IdLayout::HugeGap => {
+                if k == n / 2 {
+                    id += 10_000_000;
+                }
+            }
         }
         ids.push(id);
     }
@@ -718,8 +743,13 @@ mod tests {
 
     #[test]
     fn generator_is_deterministic_and_has_gaps() {
-        let a = generate_ids(1000, 7);
-        assert_eq!(a, generate_ids(1000, 7));
+        let a = generate_ids(1000, 7, IdLayout::Realistic);
+        assert_eq!(a, generate_ids(1000, 7, IdLayout::Realistic));
+        assert_eq!(generate_ids(3, 7, IdLayout::Dense), [1, 2, 3]);
+        let sparse = generate_ids(100, 7, IdLayout::Sparse);
+        assert!(sparse.windows(2).all(|w| w[1] - w[0] > 1000));
+        let huge = generate_ids(10, 7, IdLayout::HugeGap);
+        assert!(huge[5] - huge[4] > 10_000_000);
         assert!(a.windows(2).all(|w| w[0] < w[1]));
         assert!(*a.last().unwrap() > 1000);
         assert_eq!(lead_truth(7, 5, 4, 1000), lead_truth(7, 5, 4, 1000));

@@ -9,7 +9,8 @@ pub mod params;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-use data::{Encoding, FieldDef, Truth, FIELDS};
+use data::{Encoding, FieldDef, IdLayout, Truth, FIELDS};
 use filter::{Cond, Key};
 
 /// Options of a simulated portal.
@@ -44,6 +45,28 @@ pub struct SimConfig {
     pub fail_after: Option<u64>,
     /// Serve a few malformed values (see [`bad_value_at`]) to exercise the exporter's bad-value policy.
     pub bad_values: bool,
+    /// How the lead IDs are spread.
+    pub id_layout: IdLayout,
+    /// Server time one list call costs: the request is answered that much later, and it is charged to the
+    /// method's operating budget (a batch of 50 list calls costs 50×).
+    pub list_cost: Duration,
+    /// Per-method operating budget within `operating_window` (cloud: 480 s per 10 min); `None` = off.
+    pub operating_limit: Option<Duration>,
+    /// The window of the operating budget, kept in 10 baskets (cloud: 10 minutes).
+    pub operating_window: Duration,
+    /// Every n-th command inside a batch fails with `INTERNAL_SERVER_ERROR` in `result_error`.
+    pub command_error_every: Option<u64>,
+    /// Every n-th list call, one lead is deleted, one inserted and one updated (leads changing mid-run).
+    pub mutate_every: Option<u64>,
+}
+
+impl SimConfig {
+    /// The enterprise plan's limits: bucket 250, drain 5/s.
+    pub fn enterprise(mut self) -> Self {
+        self.burst = 250.0;
+        self.drain_per_sec = 5.0;
+        self
+    }
 }
 
 /// The malformed value served at `position` when [`SimConfig::bad_values`] is on: (field, raw value).
@@ -75,6 +98,12 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             fail_after: None,
             bad_values: false,
+            id_layout: IdLayout::Realistic,
+            list_cost: Duration::ZERO,
+            operating_limit: Some(Duration::from_secs(480)),
+            operating_window: Duration::from_secs(600),
+            command_error_every: None,
+            mutate_every: None,
         }
     }
 }
@@ -85,7 +114,48 @@ pub struct SimStats {
     pub http_requests: AtomicU64,
     pub rejected_503: AtomicU64,
     pub rejected_401: AtomicU64,
+    pub rejected_429: AtomicU64,
     pub list_calls: AtomicU64,
+    pub command_errors: AtomicU64,
+    pub mutations: AtomicU64,
+}
+
+/// The portal's leads: the live IDs (ascending) and what changed since the start.
+struct Store {
+    live: Vec<i64>,
+    /// The IDs at start: a lead's position among them spreads creation dates (new leads go last).
+    original: Vec<i64>,
+    /// Updated leads: id → number of updates.
+    versions: HashMap<i64, u32>,
+    next_id: i64,
+}
+
+impl Store {
+    fn truth(&self, seed: u64, id: i64) -> Vec<Truth> {
+        let n = self.original.len();
+        let pos = self.original.binary_search(&id).unwrap_or(n);
+        let mut t = data::lead_truth(seed, id, pos, n.max(1));
+        if let Some(v) = self.versions.get(&id) {
+            apply_version(&mut t, *v);
+        }
+        t
+    }
+}
+
+fn apply_version(t: &mut [Truth], v: u32) {
+    for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
+        match (def.name, val) {
+            ("TITLE", Truth::Str(s)) => *s = format!("{s} (v{v})"),
+            ("DATE_MODIFY", Truth::DateTime(secs)) => *secs += 60 * v as i64,
+            _ => {}
+        }
+    }
+}
+
+/// Per-method operating time in baskets: (basket index, seconds).
+#[derive(Default)]
+struct Operating {
+    baskets: HashMap<String, Vec<(i64, f64)>>,
 }
 
 struct Bucket {
@@ -96,8 +166,10 @@ struct Bucket {
 struct State {
     cfg: SimConfig,
     enc: Encoding,
-    ids: Vec<i64>,
+    store: Arc<RwLock<Store>>,
     bucket: Mutex<Bucket>,
+    operating: Mutex<Operating>,
+    commands: AtomicU64,
     stats: Arc<SimStats>,
 }
 
@@ -105,7 +177,7 @@ struct State {
 pub struct SimPortal {
     addr: SocketAddr,
     cfg: SimConfig,
-    ids: Arc<Vec<i64>>,
+    store: Arc<RwLock<Store>>,
     stats: Arc<SimStats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -117,13 +189,17 @@ impl SimPortal {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let ids = Arc::new(data::generate_ids(cfg.leads, cfg.seed));
+        let ids = data::generate_ids(cfg.leads, cfg.seed, cfg.id_layout);
+        let next_id = ids.last().copied().unwrap_or(0) + 1;
+        let store = Arc::new(RwLock::new(Store { live: ids.clone(), original: ids, versions: HashMap::new(), next_id }));
         let stats = Arc::new(SimStats::default());
         let state = Arc::new(State {
             enc: Encoding { offset_secs: cfg.offset_secs, bool_uf_json: cfg.bool_uf_json },
             cfg: cfg.clone(),
-            ids: ids.as_ref().clone(),
+            store: store.clone(),
             bucket: Mutex::new(Bucket { level: 0.0, at: Instant::now() }),
+            operating: Mutex::new(Operating::default()),
+            commands: AtomicU64::new(0),
             stats: stats.clone(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -146,7 +222,7 @@ impl SimPortal {
                     .await;
             });
         })?;
-        Ok(SimPortal { addr, cfg, ids, stats, shutdown: Some(tx), thread: Some(thread) })
+        Ok(SimPortal { addr, cfg, store, stats, shutdown: Some(tx), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -166,14 +242,20 @@ impl SimPortal {
         &self.stats
     }
 
-    /// All lead IDs, ascending.
-    pub fn ids(&self) -> &[i64] {
-        &self.ids
+    /// The IDs of the leads the portal has now, ascending.
+    pub fn ids(&self) -> Vec<i64> {
+        self.store.read().expect("store").live.clone()
+    }
+
+    /// The IDs the portal had when it started.
+    pub fn initial_ids(&self) -> Vec<i64> {
+        self.store.read().expect("store").original.clone()
     }
 
     /// The typed ground truth of the lead at `position` in [`SimPortal::ids`], in [`data::FIELDS`] order.
     pub fn truth_at(&self, position: usize) -> Vec<Truth> {
-        data::lead_truth(self.cfg.seed, self.ids[position], position, self.ids.len())
+        let store = self.store.read().expect("store");
+        store.truth(self.cfg.seed, store.live[position])
     }
 
     /// Blocks until the server is stopped (for `b24-export sim`).
@@ -199,7 +281,7 @@ fn now_f64() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn time_object(start: f64, enc: &Encoding) -> Value {
+fn time_object(start: f64, enc: &Encoding, operating: Option<(f64, i64)>) -> Value {
     let finish = now_f64();
     let off = chrono::FixedOffset::east_opt(enc.offset_secs).expect("offset");
     let fmt = |t: f64| {
@@ -207,10 +289,75 @@ fn time_object(start: f64, enc: &Encoding) -> Value {
             .map(|d| d.with_timezone(&off).format("%Y-%m-%dT%H:%M:%S%:z").to_string())
             .unwrap_or_default()
     };
-    json!({
+    let mut t = json!({
         "start": start, "finish": finish, "duration": finish - start, "processing": finish - start,
-        "date_start": fmt(start), "date_finish": fmt(finish), "operating": 0
-    })
+        "date_start": fmt(start), "date_finish": fmt(finish)
+    });
+    match operating {
+        Some((used, reset_at)) => {
+            t["operating_reset_at"] = json!(reset_at);
+            t["operating"] = json!(used);
+        }
+        None => t["operating"] = json!(0),
+    }
+    t
+}
+
+impl State {
+    fn basket_len(&self) -> f64 {
+        (self.cfg.operating_window.as_secs_f64() / 10.0).max(0.001)
+    }
+
+    /// (seconds used in the window, when the oldest basket drops out) for a method; `None` when the limiter is off.
+    fn operating_of(&self, method: &str) -> Option<(f64, i64)> {
+        self.cfg.operating_limit?;
+        let len = self.basket_len();
+        let now = (now_f64() / len).floor() as i64;
+        let mut op = self.operating.lock().expect("operating");
+        let baskets = op.baskets.entry(method.to_string()).or_default();
+        baskets.retain(|(b, _)| *b > now - 10);
+        let used: f64 = baskets.iter().map(|(_, s)| s).sum();
+        let oldest = baskets.iter().map(|(b, _)| *b).min().unwrap_or(now);
+        Some((used, ((oldest + 10) as f64 * len).ceil() as i64))
+    }
+
+    /// Refuses a call of a method whose budget is spent (checked before the call, as the portal does).
+    fn check_operating(&self, method: &str) -> Result<(), ApiErr> {
+        let (Some(limit), Some((used, _))) = (self.cfg.operating_limit, self.operating_of(method)) else { return Ok(()) };
+        if used >= limit.as_secs_f64() {
+            self.stats.rejected_429.fetch_add(1, AtomicOrdering::Relaxed);
+            return Err(ApiErr(StatusCode::TOO_MANY_REQUESTS, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.".into()));
+        }
+        Ok(())
+    }
+
+    fn charge(&self, method: &str, cost: Duration) {
+        if self.cfg.operating_limit.is_none() || cost.is_zero() {
+            return;
+        }
+        let b = (now_f64() / self.basket_len()).floor() as i64;
+        let mut op = self.operating.lock().expect("operating");
+        let baskets = op.baskets.entry(method.to_string()).or_default();
+        match baskets.last_mut() {
+            Some((last, secs)) if *last == b => *secs += cost.as_secs_f64(),
+            _ => baskets.push((b, cost.as_secs_f64())),
+        }
+    }
+
+    /// Leads changing mid-run: delete one, insert one, update one.
+    fn mutate(&self, call_no: u64) {
+        let mut st = self.store.write().expect("store");
+        if st.live.len() > 2 {
+            let victim = (call_no as usize * 7919) % st.live.len();
+            st.live.remove(victim);
+            let updated = st.live[(call_no as usize * 104_729) % st.live.len()];
+            *st.versions.entry(updated).or_default() += 1;
+        }
+        let id = st.next_id;
+        st.next_id += 1 + (call_no % 3) as i64;
+        st.live.push(id);
+        self.stats.mutations.fetch_add(1, AtomicOrdering::Relaxed);
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -269,14 +416,28 @@ async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) ->
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
     let params = params::merge_request(uri.query(), ct, &body);
     let state2 = state.clone();
+    let method2 = method.clone();
     // list calls can scan many leads: keep them off the IO threads
-    let out = tokio::task::spawn_blocking(move || call(&state2, &method, &params, true)).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cost = Duration::ZERO;
+        let r = call(&state2, &method2, &params, true, &mut cost);
+        (r, cost)
+    })
+    .await;
     match out {
-        Ok(Ok(mut v)) => {
-            v.insert("time".into(), time_object(start, &state.enc));
-            json_response(StatusCode::OK, &Value::Object(v))
+        Ok((r, cost)) => {
+            if !cost.is_zero() {
+                tokio::time::sleep(cost).await; // the server time the calls took
+            }
+            match r {
+                Ok(mut v) => {
+                    let operating = if method == "batch" { None } else { state.operating_of(&method) };
+                    v.insert("time".into(), time_object(start, &state.enc, operating));
+                    json_response(StatusCode::OK, &Value::Object(v))
+                }
+                Err(e) => json_response(e.0, &e.body()),
+            }
         }
-        Ok(Err(e)) => json_response(e.0, &e.body()),
         Err(_) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}),
@@ -284,17 +445,35 @@ async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-/// Runs one method. Returns the envelope without `time`.
-fn call(state: &State, method: &str, params: &Map<String, Value>, allow_batch: bool) -> Result<Map<String, Value>, ApiErr> {
+/// Runs one method. Returns the envelope without `time`; adds the server time it cost to `cost`.
+fn call(
+    state: &State,
+    method: &str,
+    params: &Map<String, Value>,
+    allow_batch: bool,
+    cost: &mut Duration,
+) -> Result<Map<String, Value>, ApiErr> {
+    if method != "batch" {
+        state.check_operating(method)?;
+    }
     match method {
         "crm.lead.fields" => {
             let mut m = Map::new();
             m.insert("result".into(), data::fields_metadata());
             Ok(m)
         }
-        "crm.lead.list" => lead_list(state, params),
+        "crm.lead.list" => {
+            let calls = state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed) + 1;
+            if state.cfg.mutate_every.is_some_and(|n| calls % n.max(1) == 0) {
+                state.mutate(calls);
+            }
+            let r = lead_list(state, params);
+            *cost += state.cfg.list_cost;
+            state.charge(method, state.cfg.list_cost);
+            r
+        }
         "crm.status.list" => status_list(params),
-        "batch" if allow_batch => batch(state, params),
+        "batch" if allow_batch => batch(state, params, cost),
         "batch" => Err(ApiErr(StatusCode::METHOD_NOT_ALLOWED, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage".into())),
         _ => Err(ApiErr(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!".into())),
     }
@@ -337,7 +516,6 @@ fn select_filter(select: &[String]) -> impl Fn(&FieldDef) -> bool + '_ {
 }
 
 fn lead_list(state: &State, params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr> {
-    state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed);
     let order = array_param(params, "order")?;
     let filter = array_param(params, "filter")?;
     let select: Vec<String> = match params::param(params, "select").cloned().map(params::normalize) {
@@ -349,11 +527,11 @@ fn lead_list(state: &State, params: &Map<String, Value>) -> Result<Map<String, V
     let conds: Vec<Cond> = filter::parse_filter(&params::normalize(Value::Object(filter)).as_object().cloned().unwrap_or_default());
     let order = filter::parse_order(&order);
     let (lo, hi) = filter::id_bounds(&conds);
-    let ids = &state.ids;
+    let store = state.store.read().expect("store");
+    let ids = &store.live;
     let from = ids.partition_point(|&id| id < lo);
     let to = ids.partition_point(|&id| id <= hi);
-    let n = ids.len();
-    let truth = |pos: usize| data::lead_truth(state.cfg.seed, ids[pos], pos, n);
+    let truth = |pos: usize| store.truth(state.cfg.seed, ids[pos]);
     let ok = |t: &[Truth]| conds.iter().all(|c| filter::matches(c, t, state.enc.offset_secs));
     let by_id_only = order.iter().all(|(i, _)| FIELDS[*i].name == "ID");
     let ascending = order.first().map(|(_, asc)| *asc).unwrap_or(true);
@@ -400,7 +578,7 @@ fn lead_list(state: &State, params: &Map<String, Value>) -> Result<Map<String, V
             let mut m = Map::new();
             let page_no = off / PAGE + 1;
             let page_count = total.div_ceil(PAGE);
-            m.insert("result".into(), render_rows(state, &rows, &select));
+            m.insert("result".into(), render_rows(state, ids, &rows, &select));
             if page_no < page_count {
                 m.insert("next".into(), json!(page_no * PAGE));
             }
@@ -409,7 +587,7 @@ fn lead_list(state: &State, params: &Map<String, Value>) -> Result<Map<String, V
         }
     }
     let mut m = Map::new();
-    m.insert("result".into(), render_rows(state, &rows, &select));
+    m.insert("result".into(), render_rows(state, ids, &rows, &select));
     m.insert("total".into(), json!(0));
     Ok(m)
 }
@@ -423,12 +601,12 @@ fn sort_key(idx: usize, t: &Truth) -> Key {
     filter::truth_key(t)
 }
 
-fn render_rows(state: &State, rows: &[(usize, Vec<Truth>)], select: &[String]) -> Value {
+fn render_rows(state: &State, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String]) -> Value {
     let keep = select_filter(select);
     Value::Array(
         rows.iter()
             .map(|(pos, t)| {
-                let mut m = data::render_lead(t, state.ids[*pos], &state.enc, &keep);
+                let mut m = data::render_lead(t, ids[*pos], &state.enc, &keep);
                 if state.cfg.bad_values {
                     if let Some((field, raw)) = bad_value_at(*pos) {
                         if m.contains_key(field) || data::field(field).is_some_and(|d| keep(d)) {
@@ -484,7 +662,7 @@ fn php_bool(v: Option<&Value>) -> bool {
     }
 }
 
-fn batch(state: &State, params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr> {
+fn batch(state: &State, params: &Map<String, Value>, cost: &mut Duration) -> Result<Map<String, Value>, ApiErr> {
     let halt = php_bool(params.iter().find(|(k, _)| k.eq_ignore_ascii_case("halt")).map(|(_, v)| v));
     let cmd = params.iter().find(|(k, _)| k.eq_ignore_ascii_case("cmd")).map(|(_, v)| v.clone());
     let (cmds, indexed): (Vec<(String, Value)>, bool) = match cmd {
@@ -504,8 +682,16 @@ fn batch(state: &State, params: &Map<String, Value>) -> Result<Map<String, Value
         }
         let start = now_f64();
         let (method, query) = s.split_once('?').unwrap_or((s.as_str(), ""));
+        let method = method.to_lowercase();
         let p = params::parse_php_query(query);
-        match call(state, &method.to_lowercase(), &p, false) {
+        let no = state.commands.fetch_add(1, AtomicOrdering::Relaxed) + 1;
+        let out = if state.cfg.command_error_every.is_some_and(|every| no % every.max(1) == 0) {
+            state.stats.command_errors.fetch_add(1, AtomicOrdering::Relaxed);
+            Err(ApiErr(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "Internal server error".into()))
+        } else {
+            call(state, &method, &p, false, cost)
+        };
+        match out {
             Ok(mut env) => {
                 if let Some(r) = env.remove("result") {
                     result.insert(key.clone(), r);
@@ -516,7 +702,7 @@ fn batch(state: &State, params: &Map<String, Value>) -> Result<Map<String, Value
                 if let Some(nx) = env.remove("next") {
                     nexts.insert(key.clone(), nx);
                 }
-                times.insert(key, time_object(start, &state.enc));
+                times.insert(key, time_object(start, &state.enc, state.operating_of(&method)));
             }
             Err(e) => {
                 errors.insert(key, e.body());
