@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CARGO  ?= cargo
 
-.PHONY: build demo test unit bench lint clean
+.PHONY: build demo test unit bench bench-fetch lint clean
 
 build:
 	$(CARGO) build --release
@@ -26,9 +26,14 @@ test: $(PY)
 unit:
 	$(CARGO) test --lib
 
-## Benchmarks: export throughput and request economy against the simulated portal (prints figures).
-bench:
+## Benchmarks: export throughput and memory, then fetch economy vs fast_bitrix24 (prints figures).
+bench: bench-fetch
 	$(CARGO) bench --bench export
+
+## 200,000 leads with 100 ms latency and 20 ms per list call, standard limits; b24-export vs fast_bitrix24.
+bench-fetch: $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check fast-bitrix24
+	B24_BENCH_PYTHON=$(abspath $(PY)) $(CARGO) bench --bench fetch
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -253,6 +253,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
     ranges.refill(BATCH * concurrency);
     let mut inflight: JoinSet<(Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>)> = JoinSet::new();
     let mut fetched = 0u64;
+    let (mut batches, mut commands, mut partial, mut empty) = (0u64, 0u64, 0u64, 0u64);
     loop {
         // launch requests while there is room and idle work
         while inflight.len() < concurrency {
@@ -277,6 +278,8 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                 cmds.push((format!("r{i}"), command(&spec, &params)));
                 snapshot.push(r.clone());
             }
+            batches += 1;
+            commands += cmds.len() as u64;
             let client = client.clone();
             inflight.spawn(async move {
                 let out = client.batch(&cmds).await;
@@ -341,6 +344,11 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                 }
                 last = id;
             }
+            if ids.is_empty() {
+                empty += 1;
+            } else if ids.len() < PAGE {
+                partial += 1;
+            }
             if ids.len() < PAGE {
                 ranges.map.remove(&i); // a short page ends the cursor: the range is exhausted
             } else {
@@ -378,6 +386,11 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
             return Err(crate::error::Error::Internal("the converter stopped".into()));
         }
     }
+    tracing::debug!(
+        "planner: {batches} batch requests, {commands} list commands ({:.1} per request), {partial} partial and {empty} empty pages, {} ranges in all",
+        commands as f64 / batches.max(1) as f64,
+        ranges.next_key
+    );
     Ok(fetched)
 }
 
