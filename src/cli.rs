@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use crate::client::auth::{AuthConfig, OAuthConfig};
 use crate::client::ClientConfig;
 use crate::error::{Error, Result};
 use crate::export::{self, ExportOptions, ExportSummary};
@@ -39,9 +40,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct SchemaArgs {
-    /// Inbound webhook URL: https://<portal>/rest/<user id>/<code>/ (the code is never printed).
-    #[arg(long, env = "B24_WEBHOOK_URL", hide_env_values = true)]
-    pub webhook: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = SchemaFormat::Table)]
     pub format: SchemaFormat,
@@ -84,11 +84,61 @@ pub struct LimitArgs {
     pub max_pause: u64,
 }
 
+/// How to reach the portal: an inbound webhook, or an OAuth app (tokens only from the environment or a file,
+/// never from the command line, where other users could see them).
 #[derive(Args, Debug)]
-pub struct ExportArgs {
+pub struct AuthArgs {
     /// Inbound webhook URL: https://<portal>/rest/<user id>/<code>/ (the code is never printed).
     #[arg(long, env = "B24_WEBHOOK_URL", hide_env_values = true)]
-    pub webhook: String,
+    pub webhook: Option<String>,
+    /// The portal of an OAuth app, e.g. https://yourcompany.bitrix24.com; tokens come from B24_ACCESS_TOKEN,
+    /// B24_REFRESH_TOKEN, B24_CLIENT_ID and B24_CLIENT_SECRET (or --token-file).
+    #[arg(long)]
+    pub portal: Option<String>,
+    /// With --portal: a JSON file that keeps the rotated token pair; read at start, rewritten atomically after
+    /// every refresh (the refresh token changes each time).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// With --portal: the OAuth token server.
+    #[arg(long, default_value = "https://oauth.bitrix.info")]
+    pub oauth_server: String,
+}
+
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// Validates the way in, before any request.
+pub fn auth_config(a: &AuthArgs) -> Result<AuthConfig> {
+    match (&a.webhook, &a.portal) {
+        (Some(_), Some(_)) => Err(Error::Usage(
+            "give either --webhook (or B24_WEBHOOK_URL) or --portal (an OAuth app), not both; unset B24_WEBHOOK_URL to use --portal".into(),
+        )),
+        (None, None) => Err(Error::Usage(
+            "no portal to export from: give --webhook URL (or set B24_WEBHOOK_URL), or --portal URL with B24_ACCESS_TOKEN for an OAuth app".into(),
+        )),
+        (Some(w), None) => {
+            if a.token_file.is_some() {
+                return Err(Error::Usage("--token-file belongs to --portal (OAuth); a webhook needs no tokens".into()));
+            }
+            Ok(AuthConfig::Webhook(Webhook::parse(w)?))
+        }
+        (None, Some(p)) => Ok(AuthConfig::OAuth(OAuthConfig::new(
+            p,
+            env_secret("B24_ACCESS_TOKEN"),
+            env_secret("B24_REFRESH_TOKEN"),
+            env_secret("B24_CLIENT_ID"),
+            env_secret("B24_CLIENT_SECRET"),
+            a.token_file.clone(),
+            &a.oauth_server,
+        )?)),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Output directory; the dataset is written to OUT/leads/.
     #[arg(long)]
     pub out: PathBuf,
@@ -214,8 +264,26 @@ fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
 }
 
 /// Validates everything before any request is sent.
+/// Object-store destinations arrive with the S3 issue; until then say so instead of making a folder named `s3:`.
+fn check_out(out: &std::path::Path) -> Result<()> {
+    let text = out.to_string_lossy();
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let bucket = rest.split('/').next().unwrap_or("");
+        if scheme.eq_ignore_ascii_case("s3") && bucket.is_empty() {
+            return Err(Error::Usage(format!("--out {text}: the S3 URL has no bucket; write s3://<bucket>/<prefix>")));
+        }
+        if !scheme.eq_ignore_ascii_case("file") {
+            return Err(Error::Usage(format!(
+                "--out {text}: {scheme}:// destinations are not supported yet; export to a local directory (or file://…) and copy it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
-    let webhook = Webhook::parse(&a.webhook)?;
+    check_out(&a.out)?;
+    let auth = auth_config(&a.auth)?;
     let partition: PartitionSpec = a.partition_by.parse()?;
     let filter = parse_filter(a.filter.as_deref())?;
     let select = a.select.as_ref().map(|v| v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>());
@@ -223,9 +291,13 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
         return Err(Error::Usage("--select is empty; name fields like TITLE,STATUS_ID or leave it out for all fields".into()));
     }
     let client = client_config(&a.limits)?;
+    let out = match a.out.to_string_lossy().strip_prefix("file://") {
+        Some(local) => PathBuf::from(local),
+        None => a.out.clone(),
+    };
     Ok(ExportOptions {
-        webhook,
-        out: a.out.clone(),
+        auth,
+        out,
         partition,
         filter,
         select,
@@ -319,8 +391,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Schema(a) => {
-            let webhook = Webhook::parse(&a.webhook)?;
-            let cols = export::portal_columns(&webhook, ClientConfig::default(), a.select.as_deref())?;
+            let auth = auth_config(&a.auth)?;
+            let cols = export::portal_columns(&auth, ClientConfig::default(), a.select.as_deref())?;
             print_schema(&cols, a.format);
             Ok(())
         }
@@ -361,7 +433,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 portal.addr()
             );
             let opts = ExportOptions {
-                webhook: Webhook::parse(&portal.webhook_url())?,
+                auth: AuthConfig::Webhook(Webhook::parse(&portal.webhook_url())?),
                 out: a.out.clone(),
                 partition: PartitionSpec::default(),
                 filter: Map::new(),

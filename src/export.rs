@@ -17,14 +17,15 @@ use crate::error::{Error, Result};
 use crate::plan::{self, FetchSpec, Page};
 use crate::progress::Progress;
 use crate::schema;
-use crate::secret::Webhook;
+use crate::client::auth::AuthConfig;
 use crate::sink::partition::PartitionSpec;
 use crate::sink::{self, DatasetWriter, FileInfo, SinkConfig};
 
 /// Everything an export needs.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    pub webhook: Webhook,
+    /// How to reach the portal: webhook or OAuth app.
+    pub auth: AuthConfig,
     /// The output root; the dataset goes to `OUT/leads`.
     pub out: PathBuf,
     pub partition: PartitionSpec,
@@ -88,14 +89,17 @@ fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
             dataset.display()
         )));
     }
-    std::fs::create_dir_all(&dataset).map_err(|e| Error::io(&dataset, e))?;
+    let unwritable = |e: std::io::Error| {
+        Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", opts.out.display()))
+    };
+    std::fs::create_dir_all(&dataset).map_err(unwritable)?;
     // leftovers of runs that were killed: never published, safe to drop (one run per OUT at a time)
     let staging = opts.out.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     }
     let probe = dataset.join(".b24-export-write-check");
-    std::fs::write(&probe, b"ok").map_err(|e| Error::io(&probe, e))?;
+    std::fs::write(&probe, b"ok").map_err(unwritable)?;
     let _ = std::fs::remove_file(&probe);
     Ok((dataset, existing))
 }
@@ -106,7 +110,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let (dataset, previous) = prepare_output(&opts)?;
     let run_id = new_run_id();
     let stats = Arc::new(ClientStats::default());
-    let client = Arc::new(PortalClient::new(opts.webhook.clone(), opts.client.clone(), stats.clone())?);
+    let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,7 +135,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         concurrency: opts.concurrency,
         max_retries: opts.client.max_retries,
     });
-    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", opts.webhook, dataset.display(), cols.len());
+    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", client.portal_display(), dataset.display(), cols.len());
     let staging_run = opts.out.join(STAGING).join(&run_id);
 
     // labels and dictionaries, staged beside the dataset
@@ -309,9 +313,9 @@ fn remove_run_files(dataset: &std::path::Path, run_id: &str) {
 }
 
 /// The columns an export would write, from the portal's field metadata (for `b24-export schema`).
-pub fn portal_columns(webhook: &Webhook, client: ClientConfig, select: Option<&[String]>) -> Result<Vec<schema::Column>> {
+pub fn portal_columns(auth: &AuthConfig, client: ClientConfig, select: Option<&[String]>) -> Result<Vec<schema::Column>> {
     let stats = Arc::new(ClientStats::default());
-    let client = PortalClient::new(webhook.clone(), client, stats)?;
+    let client = PortalClient::new(auth.clone(), client, stats)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,7 +6,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use b24_export::cli::{run, Cli};
-use b24_export::secret::{install_panic_redaction, redact, register_codes_in};
+use b24_export::secret::{install_panic_redaction, redact, register_codes_in, register_secret};
 
 /// A stderr writer that redacts registered secrets from every log line.
 struct RedactingStderr;
@@ -37,6 +37,11 @@ fn main() -> ExitCode {
     }
     if let Ok(v) = std::env::var("B24_WEBHOOK_URL") {
         register_codes_in(&v);
+    }
+    for name in ["B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN", "B24_CLIENT_SECRET", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        if let Ok(v) = std::env::var(name) {
+            register_secret(v.trim());
+        }
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

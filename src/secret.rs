@@ -143,9 +143,13 @@ impl Webhook {
         u
     }
 
-    /// Replaces the portal origin (scheme, host, port) after a domain redirect.
-    pub fn portal_host(&self) -> String {
-        self.base.host_str().unwrap_or("").to_string()
+    /// The same webhook on the origin (scheme, host, port) of `to`, after the portal moved.
+    pub fn moved_to(&self, to: &Url) -> Webhook {
+        let mut base = self.base.clone();
+        let _ = base.set_scheme(to.scheme());
+        let _ = base.set_host(to.host_str());
+        let _ = base.set_port(to.port());
+        Webhook { base, code: self.code.clone() }
     }
 }
 

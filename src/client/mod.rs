@@ -3,6 +3,7 @@
 //!
 //! Nothing here formats the method URL into a message: it carries the webhook code.
 
+pub mod auth;
 pub mod limiter;
 pub mod operating;
 pub mod php_query;
@@ -17,7 +18,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::PortalError;
-use crate::secret::{redact, Webhook};
+use crate::secret::redact;
+use auth::{Auth, AuthConfig};
 use limiter::LeakyBucket;
 use operating::OperatingBudget;
 
@@ -122,7 +124,7 @@ pub struct BatchOutcome {
 
 pub struct PortalClient {
     http: reqwest::Client,
-    webhook: Webhook,
+    auth: Auth,
     bucket: LeakyBucket,
     budget: OperatingBudget,
     cfg: ClientConfig,
@@ -137,6 +139,10 @@ enum Failure {
     RateLimited(String),
     /// The method's operating budget is spent: wait for its reset, then retry.
     Blocked(String),
+    /// The portal moved (3xx with `Location`): follow it and send again.
+    Redirect(String),
+    /// 401 `expired_token` on a request made with this token generation: refresh, then send again.
+    Expired(u64),
     /// Give up now.
     Fatal(PortalError),
 }
@@ -187,7 +193,7 @@ pub fn classify_api_error(method: &str, status: u16, code: &str, description: &s
 }
 
 impl PortalClient {
-    pub fn new(webhook: Webhook, cfg: ClientConfig, stats: Arc<ClientStats>) -> Result<Self, PortalError> {
+    pub fn new(auth: AuthConfig, cfg: ClientConfig, stats: Arc<ClientStats>) -> Result<Self, PortalError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
@@ -200,14 +206,15 @@ impl PortalClient {
             bucket: LeakyBucket::new(cfg.rate, cfg.burst),
             budget: OperatingBudget::new(cfg.operating_limit),
             http,
-            webhook,
+            auth: Auth::new(auth),
             cfg,
             stats,
         })
     }
 
-    pub fn webhook(&self) -> &Webhook {
-        &self.webhook
+    /// The portal as it may be shown (never a secret).
+    pub fn portal_display(&self) -> String {
+        self.auth.display()
     }
 
     pub fn stats(&self) -> &Arc<ClientStats> {
@@ -241,32 +248,26 @@ impl PortalClient {
     }
 
     /// One attempt: send, read, parse.
-    async fn attempt(&self, method: &str, body: &[u8], attempts: u32) -> Result<Envelope, Failure> {
+    async fn attempt(&self, method: &str, params: &Value, attempts: u32) -> Result<Envelope, Failure> {
         self.bucket.acquire().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let (url, body, generation) = self.auth.request(method, params);
         let resp = self
             .http
-            .post(self.webhook.method_url(method))
+            .post(url)
             .header("content-type", "application/json")
             .header("accept", "application/json")
-            .body(body.to_vec())
+            .body(body)
             .send()
             .await
             .map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
         let status = resp.status().as_u16();
         if (300..400).contains(&status) {
-            let host = resp
-                .headers()
-                .get("location")
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| url::Url::parse(l).ok())
-                .and_then(|u| u.host_str().map(str::to_string))
-                .unwrap_or_else(|| "another address".into());
-            return Err(Failure::Fatal(PortalError::Protocol {
-                method: method.into(),
-                status,
-                message: format!("the portal redirects to {host}: it may have moved to a new domain; use the new address in the webhook URL"),
-            }));
+            let location = resp.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or("").to_string();
+            if location.is_empty() {
+                return Err(Failure::Fatal(PortalError::Protocol { method: method.into(), status, message: "a redirect without a Location".into() }));
+            }
+            return Err(Failure::Redirect(location));
         }
         let bytes = resp.bytes().await.map_err(|e| Failure::Transient(describe_reqwest(&e)))?;
         let env: RawEnvelope = match serde_json::from_slice(&bytes) {
@@ -287,6 +288,9 @@ impl PortalClient {
             }
             if code == "OPERATION_TIME_LIMIT" {
                 return Err(Failure::Blocked(format!("{code} ({desc}) [HTTP {status}]")));
+            }
+            if code == "expired_token" && self.auth.is_oauth() {
+                return Err(Failure::Expired(generation));
             }
             return match classify_api_error(method, status, &code, &desc, attempts) {
                 Some(e) => Err(Failure::Fatal(e)),
@@ -312,11 +316,11 @@ impl PortalClient {
 
     /// Calls a REST method with a JSON body, retrying transient failures.
     pub async fn call(&self, method: &str, params: &Value) -> Result<Envelope, PortalError> {
-        let body = serde_json::to_vec(params).expect("serializable params");
         let mut attempts = 0u32;
+        let (mut redirects, mut refreshes) = (0u32, 0u32);
         loop {
             attempts += 1;
-            let reason = match self.attempt(method, &body, attempts).await {
+            let reason = match self.attempt(method, params, attempts).await {
                 Ok(env) => return Ok(env),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::RateLimited(r)) => {
@@ -337,6 +341,32 @@ impl PortalClient {
                     }
                     attempts -= 1;
                     self.pause(self.budget.blocked(method), &format!("{method}: {r}")).await;
+                    continue;
+                }
+                Err(Failure::Redirect(location)) => {
+                    redirects += 1;
+                    if redirects > 5 {
+                        return Err(PortalError::Protocol { method: method.into(), status: 302, message: "too many redirects".into() });
+                    }
+                    let moved = self.auth.follow(&location).map_err(|e| match e {
+                        PortalError::Protocol { status, message, .. } => PortalError::Protocol { method: method.into(), status, message },
+                        other => other,
+                    })?;
+                    tracing::warn!("the portal moved to {moved}; following it (update your webhook/portal URL)");
+                    attempts -= 1;
+                    continue;
+                }
+                Err(Failure::Expired(generation)) => {
+                    refreshes += 1;
+                    if refreshes > 2 || !self.auth.refresh(&self.http, generation).await? {
+                        return Err(PortalError::Auth {
+                            method: method.into(),
+                            status: 401,
+                            code: "expired_token".into(),
+                            description: "The access token provided has expired, and a fresh one expired too".into(),
+                        });
+                    }
+                    attempts -= 1;
                     continue;
                 }
                 Err(Failure::Transient(r)) => r,

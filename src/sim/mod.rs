@@ -61,6 +61,46 @@ pub struct SimConfig {
     /// Extra server time of a counted page (`start >= 0`) per matching row: the COUNT(*) that `start=-1` avoids
     /// (docs: 2.39 M rows took 49.9 s with the count, 0.097 s without, ≈ 21 µs per row). Off by default.
     pub count_cost_per_row: Duration,
+    /// Injected faults (all off by default; combinable).
+    pub faults: Faults,
+    /// OAuth access instead of (besides) the webhook: `/rest/{method}` with an `auth` token.
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// Faults the portal and the network inject, each with its own rate (0.0–1.0) of HTTP requests.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// 500 `INTERNAL_SERVER_ERROR`.
+    pub error_500: f64,
+    /// The connection breaks in the middle of the response body.
+    pub drop_connection: f64,
+    /// The response comes `slow_delay` late (set it beyond the client's timeout).
+    pub slow: f64,
+    pub slow_delay: Duration,
+    /// 200 with a truncated, invalid JSON body.
+    pub truncated_body: f64,
+    /// After this many requests, every request gets 503 `OVERLOAD_LIMIT` (a manual block).
+    pub overload_after: Option<u64>,
+    /// The portal moved: requests that do not name this `host:port` get a 302 to it.
+    pub redirect_to: Option<String>,
+}
+
+/// The OAuth side of the simulated portal: its app, its current token pair, and how long a token lives.
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// An access token expires after this many requests (401 `expired_token`).
+    pub token_requests: u64,
+}
+
+struct OAuthState {
+    access: String,
+    refresh: String,
+    used: u64,
+    generation: u64,
 }
 
 impl SimConfig {
@@ -108,6 +148,8 @@ impl Default for SimConfig {
             command_error_every: None,
             mutate_every: None,
             count_cost_per_row: Duration::ZERO,
+            faults: Faults::default(),
+            oauth: None,
         }
     }
 }
@@ -122,6 +164,9 @@ pub struct SimStats {
     pub list_calls: AtomicU64,
     pub command_errors: AtomicU64,
     pub mutations: AtomicU64,
+    /// Faults injected: 500s, dropped connections, slow answers, truncated bodies, overload, redirects.
+    pub faults_injected: AtomicU64,
+    pub token_refreshes: AtomicU64,
 }
 
 /// The portal's leads: the live IDs (ascending) and what changed since the start.
@@ -174,6 +219,7 @@ struct State {
     bucket: Mutex<Bucket>,
     operating: Mutex<Operating>,
     commands: AtomicU64,
+    oauth: Mutex<Option<OAuthState>>,
     stats: Arc<SimStats>,
 }
 
@@ -204,6 +250,12 @@ impl SimPortal {
             bucket: Mutex::new(Bucket { level: 0.0, at: Instant::now() }),
             operating: Mutex::new(Operating::default()),
             commands: AtomicU64::new(0),
+            oauth: Mutex::new(cfg.oauth.as_ref().map(|o| OAuthState {
+                access: o.access_token.clone(),
+                refresh: o.refresh_token.clone(),
+                used: 0,
+                generation: 0,
+            })),
             stats: stats.clone(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -380,26 +432,129 @@ impl ApiErr {
     }
 }
 
+/// A deterministic draw in [0, 1) for request `n` and fault `salt`.
+fn draw(seed: u64, n: u64, salt: u64) -> f64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn api_error(status: StatusCode, code: &str, description: &str) -> Response {
+    json_response(status, &json!({"error": code, "error_description": description}))
+}
+
+/// The OAuth token endpoint (`GET /oauth/token/?grant_type=refresh_token&…`, §9): rotates the pair.
+fn token_endpoint(state: &State, uri: &Uri) -> Response {
+    let q = params::parse_php_query(uri.query().unwrap_or(""));
+    let get = |k: &str| q.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let (Some(cfg), mut guard) = (state.cfg.oauth.as_ref(), state.oauth.lock().expect("oauth")) else {
+        return api_error(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!");
+    };
+    let Some(st) = guard.as_mut() else { return api_error(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!") };
+    if get("grant_type") != "refresh_token" {
+        return api_error(StatusCode::BAD_REQUEST, "invalid_request", "Unsupported grant type");
+    }
+    if get("client_id") != cfg.client_id || get("client_secret") != cfg.client_secret {
+        return api_error(StatusCode::BAD_REQUEST, "invalid_client", "Invalid client");
+    }
+    if get("refresh_token") != st.refresh {
+        return api_error(StatusCode::BAD_REQUEST, "invalid_grant", "Invalid refresh token");
+    }
+    st.generation += 1;
+    st.access = format!("simaccess{}x{:08x}", st.generation, draw(state.cfg.seed, st.generation, 7).to_bits() as u32);
+    st.refresh = format!("simrefresh{}x{:08x}", st.generation, draw(state.cfg.seed, st.generation, 8).to_bits() as u32);
+    st.used = 0;
+    state.stats.token_refreshes.fetch_add(1, AtomicOrdering::Relaxed);
+    json_response(
+        StatusCode::OK,
+        &json!({"access_token": st.access, "client_endpoint": "http://127.0.0.1/rest/", "domain": "oauth.bitrix.info",
+                "expires": (now_f64() as i64) + 3600, "expires_in": 3600, "member_id": "a223c6b3710f85df22e9377d6c4f7553",
+                "refresh_token": st.refresh, "scope": "crm", "server_endpoint": "http://127.0.0.1/rest/", "status": "L", "user_id": 1}),
+    )
+}
+
+/// A response whose body breaks off: the declared length is longer than what is sent.
+fn dropped_connection() -> Response {
+    let body = r#"{"result":[{"ID":"1","TITLE":"#;
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    r.headers_mut().insert("content-length", HeaderValue::from(body.len() + 4096));
+    r
+}
+
 async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let start = now_f64();
     let seen = state.stats.http_requests.fetch_add(1, AtomicOrdering::Relaxed);
-    if state.cfg.fail_after.is_some_and(|n| seen >= n) {
-        return json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}),
-        );
+    let f = &state.cfg.faults;
+    let injected = |r: Response| {
+        state.stats.faults_injected.fetch_add(1, AtomicOrdering::Relaxed);
+        r
+    };
+    if let Some(host) = &f.redirect_to {
+        let asked = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+        if asked != host {
+            let location = format!("http://{host}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            let mut r = (StatusCode::FOUND, "").into_response();
+            r.headers_mut().insert("location", HeaderValue::from_str(&location).expect("header"));
+            return injected(r);
+        }
     }
+    if uri.path().trim_end_matches('/') == "/oauth/token" {
+        return token_endpoint(&state, &uri);
+    }
+    if state.cfg.fail_after.is_some_and(|n| seen >= n) {
+        return api_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "Internal server error");
+    }
+    if f.overload_after.is_some_and(|n| seen >= n) {
+        return injected(api_error(StatusCode::SERVICE_UNAVAILABLE, "OVERLOAD_LIMIT", "REST API is blocked due to overload"));
+    }
+    if draw(state.cfg.seed, seen, 1) < f.error_500 {
+        return injected(api_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "Internal server error"));
+    }
+    if draw(state.cfg.seed, seen, 2) < f.drop_connection {
+        return injected(dropped_connection());
+    }
+    if draw(state.cfg.seed, seen, 3) < f.slow {
+        state.stats.faults_injected.fetch_add(1, AtomicOrdering::Relaxed);
+        tokio::time::sleep(f.slow_delay).await;
+    }
+    let truncate = draw(state.cfg.seed, seen, 4) < f.truncated_body;
     if !state.cfg.latency.is_zero() {
         tokio::time::sleep(state.cfg.latency).await;
     }
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
+    let params = params::merge_request(uri.query(), ct, &body);
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
-    if segs.len() != 4 || segs[0] != "rest" {
-        return json_response(StatusCode::NOT_FOUND, &json!({"error": "ERROR_METHOD_NOT_FOUND", "error_description": "Method not found!"}));
-    }
-    if segs[1] != state.cfg.user_id.to_string() || segs[2] != state.cfg.webhook_code {
-        state.stats.rejected_401.fetch_add(1, AtomicOrdering::Relaxed);
-        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": "NO_AUTH_FOUND", "error_description": "Wrong authorization data"}));
-    }
+    let method_seg = match segs.as_slice() {
+        ["rest", uid, code, m] => {
+            if *uid != state.cfg.user_id.to_string() || *code != state.cfg.webhook_code {
+                state.stats.rejected_401.fetch_add(1, AtomicOrdering::Relaxed);
+                return api_error(StatusCode::UNAUTHORIZED, "NO_AUTH_FOUND", "Wrong authorization data");
+            }
+            m.to_string()
+        }
+        ["rest", m] => {
+            // OAuth: the token comes as `auth` (query, form field or JSON key)
+            let token = params.get("auth").and_then(Value::as_str).unwrap_or("").to_string();
+            let (Some(cfg), mut guard) = (state.cfg.oauth.as_ref(), state.oauth.lock().expect("oauth")) else {
+                state.stats.rejected_401.fetch_add(1, AtomicOrdering::Relaxed);
+                return api_error(StatusCode::UNAUTHORIZED, "NO_AUTH_FOUND", "Wrong authorization data");
+            };
+            let st = guard.as_mut().expect("oauth state");
+            if token != st.access {
+                state.stats.rejected_401.fetch_add(1, AtomicOrdering::Relaxed);
+                return api_error(StatusCode::UNAUTHORIZED, "invalid_token", "The access token provided is invalid");
+            }
+            if st.used >= cfg.token_requests {
+                state.stats.rejected_401.fetch_add(1, AtomicOrdering::Relaxed);
+                return api_error(StatusCode::UNAUTHORIZED, "expired_token", "The access token provided has expired");
+            }
+            st.used += 1;
+            m.to_string()
+        }
+        _ => return api_error(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
+    };
     // leaky bucket: one HTTP request = one unit, whatever it carries
     {
         let mut b = state.bucket.lock().expect("bucket");
@@ -415,10 +570,8 @@ async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) ->
         }
         b.level += 1.0;
     }
-    let method = segs[3].to_lowercase();
+    let method = method_seg.to_lowercase();
     let method = method.strip_suffix(".json").unwrap_or(&method).to_string();
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok());
-    let params = params::merge_request(uri.query(), ct, &body);
     let state2 = state.clone();
     let method2 = method.clone();
     // list calls can scan many leads: keep them off the IO threads
@@ -437,6 +590,13 @@ async fn handle(state: Arc<State>, uri: Uri, headers: HeaderMap, body: Bytes) ->
                 Ok(mut v) => {
                     let operating = if method == "batch" { None } else { state.operating_of(&method) };
                     v.insert("time".into(), time_object(start, &state.enc, operating));
+                    if truncate {
+                        let text = Value::Object(v).to_string();
+                        let cut: String = text.chars().take(text.chars().count() / 2).collect();
+                        let mut r = (StatusCode::OK, cut).into_response();
+                        r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+                        return injected(r);
+                    }
                     json_response(StatusCode::OK, &Value::Object(v))
                 }
                 Err(e) => json_response(e.0, &e.body()),
