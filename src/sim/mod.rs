@@ -219,7 +219,7 @@ struct State {
     bucket: Mutex<Bucket>,
     operating: Mutex<Operating>,
     commands: AtomicU64,
-    oauth: Mutex<Option<OAuthState>>,
+    oauth: Arc<Mutex<Option<OAuthState>>>,
     stats: Arc<SimStats>,
 }
 
@@ -228,6 +228,7 @@ pub struct SimPortal {
     addr: SocketAddr,
     cfg: SimConfig,
     store: Arc<RwLock<Store>>,
+    oauth_state: Arc<Mutex<Option<OAuthState>>>,
     stats: Arc<SimStats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -235,14 +236,25 @@ pub struct SimPortal {
 
 impl SimPortal {
     /// Starts the portal on its own thread and runtime, bound to `127.0.0.1:port` (0 = any free port).
-    pub fn start(cfg: SimConfig, port: u16) -> std::io::Result<SimPortal> {
+    pub fn start(mut cfg: SimConfig, port: u16) -> std::io::Result<SimPortal> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        if let Some(host) = &mut cfg.faults.redirect_to {
+            if !host.contains(':') {
+                *host = format!("{host}:{}", addr.port()); // the new domain, on the same server
+            }
+        }
         let ids = data::generate_ids(cfg.leads, cfg.seed, cfg.id_layout);
         let next_id = ids.last().copied().unwrap_or(0) + 1;
         let store = Arc::new(RwLock::new(Store { live: ids.clone(), original: ids, versions: HashMap::new(), next_id }));
         let stats = Arc::new(SimStats::default());
+        let oauth_state = Arc::new(Mutex::new(cfg.oauth.as_ref().map(|o| OAuthState {
+            access: o.access_token.clone(),
+            refresh: o.refresh_token.clone(),
+            used: 0,
+            generation: 0,
+        })));
         let state = Arc::new(State {
             enc: Encoding { offset_secs: cfg.offset_secs, bool_uf_json: cfg.bool_uf_json },
             cfg: cfg.clone(),
@@ -250,12 +262,7 @@ impl SimPortal {
             bucket: Mutex::new(Bucket { level: 0.0, at: Instant::now() }),
             operating: Mutex::new(Operating::default()),
             commands: AtomicU64::new(0),
-            oauth: Mutex::new(cfg.oauth.as_ref().map(|o| OAuthState {
-                access: o.access_token.clone(),
-                refresh: o.refresh_token.clone(),
-                used: 0,
-                generation: 0,
-            })),
+            oauth: oauth_state.clone(),
             stats: stats.clone(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -278,7 +285,7 @@ impl SimPortal {
                     .await;
             });
         })?;
-        Ok(SimPortal { addr, cfg, store, stats, shutdown: Some(tx), thread: Some(thread) })
+        Ok(SimPortal { addr, cfg, store, oauth_state, stats, shutdown: Some(tx), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -292,6 +299,11 @@ impl SimPortal {
 
     pub fn config(&self) -> &SimConfig {
         &self.cfg
+    }
+
+    /// The OAuth app's current (access, refresh) pair, after any rotation.
+    pub fn oauth_tokens(&self) -> Option<(String, String)> {
+        self.oauth_state.lock().expect("oauth").as_ref().map(|s| (s.access.clone(), s.refresh.clone()))
     }
 
     pub fn stats(&self) -> &SimStats {
