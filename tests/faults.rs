@@ -202,3 +202,36 @@ fn a_refused_refresh_is_an_auth_error() {
     assert!(stderr.contains("invalid_grant") && stderr.contains("authorized again"), "{stderr}");
     assert!(!stderr.contains("wrongrefresh33") && !stderr.contains("leakclientsecret99"));
 }
+
+#[test]
+fn a_run_killed_at_any_moment_leaves_the_previous_dataset_intact() {
+    let first = start_sim(SimConfig { leads: 2_000, seed: 9, ..SimConfig::default() });
+    let out = tempdir("kill");
+    assert_success(&export(&first.webhook_url(), &out, &[]));
+    let before = read_dataset(&out.join("leads"));
+    // a slower, bigger portal, so that kills land in every stage: fetching, converting, writing, publishing
+    let second = start_sim(SimConfig { leads: 30_000, seed: 10, latency: Duration::from_millis(30), ..SimConfig::default() });
+    for round in 0..10u64 {
+        let mut child = bin()
+            .args(["--quiet", "export", "--webhook", &second.webhook_url(), "--overwrite", "--out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50 + (round * 7919 % 1500)));
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let now = read_dataset(&out.join("leads"));
+        if finished {
+            assert_eq!(now.rows.len(), 30_000, "a run that finished must have published the whole new dataset");
+            return;
+        }
+        assert_eq!(now.rows, before.rows, "round {round}: a killed run changed the published dataset");
+    }
+    // a run that is let finish replaces the dataset and clears the killed runs' staging
+    assert_success(&export(&second.webhook_url(), &out, &["--overwrite"]));
+    assert_eq!(read_dataset(&out.join("leads")).rows.len(), 30_000);
+    assert!(!out.join(".b24-staging").exists(), "staging leftovers of killed runs were not removed");
+}
