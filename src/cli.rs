@@ -246,7 +246,7 @@ fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
     let plan = ClientConfig::for_plan(&l.plan).ok_or_else(|| Error::Usage(format!("unknown --plan {:?}", l.plan)))?;
     let rate = l.rate.unwrap_or(plan.rate);
     let burst = l.burst.unwrap_or(plan.burst);
-    if !(rate > 0.0) || !(burst >= 1.0) {
+    if rate.is_nan() || rate <= 0.0 || burst.is_nan() || burst < 1.0 {
         return Err(Error::Usage("--rate must be > 0 and --burst >= 1".into()));
     }
     if l.concurrency == 0 || l.concurrency > 32 {

@@ -134,6 +134,9 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// A batch request under way: the keys of its ranges, their state when sent, and its outcome.
+type InFlight = (Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>);
+
 /// What the probe learnt: the ID span and how many leads match.
 struct Probe {
     lo: i64,
@@ -251,7 +254,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
     }
     ranges.insert(Range::new(lo - 1, hi + 1));
     ranges.refill(BATCH * concurrency);
-    let mut inflight: JoinSet<(Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>)> = JoinSet::new();
+    let mut inflight: JoinSet<InFlight> = JoinSet::new();
     let mut fetched = 0u64;
     let (mut batches, mut commands, mut partial, mut empty) = (0u64, 0u64, 0u64, 0u64);
     loop {

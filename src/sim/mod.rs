@@ -804,7 +804,7 @@ fn render_rows(state: &State, ids: &[i64], rows: &[(usize, Vec<Truth>)], select:
                 let mut m = data::render_lead(t, ids[*pos], &state.enc, &keep);
                 if state.cfg.bad_values {
                     if let Some((field, raw)) = bad_value_at(*pos) {
-                        if m.contains_key(field) || data::field(field).is_some_and(|d| keep(d)) {
+                        if m.contains_key(field) || data::field(field).is_some_and(&keep) {
                             m.insert(field.to_string(), raw);
                         }
                     }
