@@ -36,6 +36,17 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the columns an export would write: name, Arrow type, DuckDB type, Bitrix type, label.
     Schema(SchemaArgs),
+    /// Print a DuckDB query that reads exactly the files of the latest committed snapshot in OUT.
+    Sql(SqlArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// The output directory of the exports.
+    pub out: PathBuf,
+    /// The dataset.
+    #[arg(long, default_value = "leads")]
+    pub dataset: String,
 }
 
 #[derive(Args, Debug)]
@@ -351,6 +362,7 @@ pub fn print_summary(s: &ExportSummary) {
             f.display()
         );
     }
+    let _ = writeln!(out, "committed snapshot v{:06} (`b24-export sql` prints a query that reads exactly it)", s.manifest_version);
     if s.replaced > 0 {
         let _ = writeln!(out, "replaced the previous dataset ({} files removed)", s.replaced);
     }
@@ -388,6 +400,13 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = export_options(&a, !cli.quiet)?;
             let summary = export::run_export(opts)?;
             print_summary(&summary);
+            Ok(())
+        }
+        Command::Sql(a) => {
+            let m = crate::sink::manifest::latest(&crate::sink::manifest::dir(&a.out, &a.dataset))?.ok_or_else(|| {
+                Error::Usage(format!("no committed snapshot of {} under {} (run an export first)", a.dataset, a.out.display()))
+            })?;
+            println!("{}", crate::sink::manifest::duckdb_query(&a.out.join(&a.dataset), &m));
             Ok(())
         }
         Command::Schema(a) => {

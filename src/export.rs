@@ -19,6 +19,7 @@ use crate::progress::Progress;
 use crate::schema;
 use crate::client::auth::AuthConfig;
 use crate::sink::partition::PartitionSpec;
+use crate::sink::manifest::{self, Manifest, ManifestFile};
 use crate::sink::{self, DatasetWriter, FileInfo, SinkConfig};
 
 /// Everything an export needs.
@@ -60,6 +61,8 @@ pub struct ExportSummary {
     pub seconds: f64,
     /// Files of a previous dataset removed by `--overwrite`.
     pub replaced: usize,
+    /// The version of the committed manifest (`OUT/_manifests/leads/vNNNNNN.json`).
+    pub manifest_version: u64,
     /// Values that did not fit their column (now NULL), per field.
     pub rejects: BTreeMap<String, u64>,
     /// Where the rejected values are listed, when there are any.
@@ -107,6 +110,7 @@ fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
 /// Runs a whole export. Blocking: it owns its runtime and threads.
 pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let (dataset, previous) = prepare_output(&opts)?;
     let run_id = new_run_id();
     let stats = Arc::new(ClientStats::default());
@@ -179,16 +183,18 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let writer_schema = arrow_schema.clone();
     let writer = std::thread::Builder::new()
         .name("write".into())
-        .spawn(move || -> Result<Vec<FileInfo>> {
+        .spawn(move || -> Result<(Vec<FileInfo>, Option<i64>)> {
             let mut w = DatasetWriter::new(sink_cfg, &writer_schema)?;
+            let mut max_modify: Option<i64> = None;
             for batch in batch_rx {
+                max_modify = max_modify.max(max_timestamp(&batch, "date_modify"));
                 if let Err(e) = w.write(&batch) {
                     w.abort();
                     return Err(e);
                 }
                 writer_progress.add_written(batch.num_rows() as u64);
             }
-            w.finish()
+            Ok((w.finish()?, max_modify))
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
 
@@ -198,19 +204,19 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();
     let outcome = match (fetched, converted, written) {
-        (Ok(n), Ok(rejects), Ok(files)) => Ok((n, rejects, files)),
+        (Ok(n), Ok(rejects), Ok((files, max_modify))) => Ok((n, rejects, files, max_modify)),
         // a conversion or write error closes the channels, so it explains a fetch that "stopped"
         (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         (Err(e), _, _) => Err(e),
     };
-    let checked = outcome.and_then(|(leads, rejects, files)| {
+    let checked = outcome.and_then(|(leads, rejects, files, max_modify)| {
         let written_rows: u64 = files.iter().map(|f| f.rows).sum();
         if written_rows != leads {
             return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
         }
-        Ok((leads, rejects, files))
+        Ok((leads, rejects, files, max_modify))
     });
-    let (leads, rejects, files) = match checked {
+    let (leads, rejects, files, max_modify) = match checked {
         Ok(x) => x,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging_run); // a failed run publishes nothing
@@ -218,8 +224,30 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         }
     };
 
-    // 4. the run is complete: publish its files, then remove the dataset it replaces
-    if let Err(e) = sink::publish(&staging_run.join(DATASET), &dataset, &files) {
+    // 4. the run is complete: publish its files, commit its manifest, then remove the dataset it replaces
+    let mut manifest = Manifest {
+        format: 1,
+        dataset: DATASET.into(),
+        version: 0,
+        run_id: run_id.clone(),
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        source: client.portal_display(),
+        select: opts.select.clone(),
+        filter: Value::Object(opts.filter.clone()),
+        partition_by: opts.partition.name().into(),
+        partition_column: opts.partition.key_name().map(str::to_string),
+        files: files.iter().map(|f| ManifestFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
+        total_rows: leads,
+        schema_fingerprint: arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default(),
+        max_date_modify: max_modify
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    };
+    let committed = sink::publish(&staging_run.join(DATASET), &dataset, &files)
+        .and_then(|()| manifest::commit(&manifest::dir(&opts.out, DATASET), &mut manifest));
+    if let Err(e) = committed {
         remove_run_files(&dataset, &run_id);
         let _ = std::fs::remove_dir_all(&staging_run);
         return Err(e);
@@ -249,6 +277,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         operating_blocks: stats.operating_blocks.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         replaced,
+        manifest_version: manifest.version,
         rejects: rejects.counts,
         rejects_file: (rejects.total > 0).then_some(rejects_file),
     })
@@ -299,6 +328,14 @@ impl RejectsLog {
         }
         Ok(())
     }
+}
+
+/// The largest value of a timestamp column of a batch, if it has one.
+fn max_timestamp(batch: &RecordBatch, column: &str) -> Option<i64> {
+    use arrow_array::cast::AsArray;
+    let col = batch.column_by_name(column)?;
+    let ts = col.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()?;
+    ts.iter().flatten().max()
 }
 
 /// Best-effort removal of a failed run's files, so a failed run leaves the previous dataset as it was.

@@ -12,6 +12,7 @@
 //! bounded by the budget, whatever the number of leads or partitions. The price of a small budget is more,
 //! smaller files per partition.
 
+pub mod manifest;
 pub mod partition;
 
 use std::collections::HashMap;

@@ -54,6 +54,17 @@ impl FromStr for PartitionSpec {
 }
 
 impl PartitionSpec {
+    /// The spec as `--partition-by` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PartitionSpec::None => "none",
+            PartitionSpec::DateCreate(Grain::Year) => "date_create:year",
+            PartitionSpec::DateCreate(Grain::Month) => "date_create:month",
+            PartitionSpec::DateCreate(Grain::Day) => "date_create:day",
+            PartitionSpec::Status => "status_id",
+        }
+    }
+
     /// The portal field the partition is computed from.
     pub fn source_field(&self) -> Option<&'static str> {
         match self {
