@@ -357,22 +357,24 @@ fn shown(v: Option<&Value>) -> String {
         None => "(absent)".to_string(),
         Some(v) => v.to_string(),
     };
-    let s: String = if s.chars().count() > 120 { s.chars().take(120).collect::<String>() + "…" } else { s };
-    mask_auth_tokens(&crate::secret::redact(&s))
+    // hide first, then shorten: a secret cut in half would no longer be recognised
+    let s = mask_auth_tokens(&crate::secret::redact(&s));
+    if s.chars().count() > 120 { s.chars().take(120).collect::<String>() + "…" } else { s }
 }
 
-/// `…?auth=abc123&x=1` → `…?auth=***&x=1`.
+/// `…?auth=abc123&x=1` → `…?auth=***&x=1`, also `AUTH=` and the URL-encoded `auth%3D`.
 pub fn mask_auth_tokens(s: &str) -> String {
+    let lower = s.to_ascii_lowercase();
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("auth=") {
-        out.push_str(&rest[..i + 5]);
+    let mut pos = 0;
+    while let Some((i, marker)) = ["auth=", "auth%3d"].iter().filter_map(|m| lower[pos..].find(m).map(|i| (pos + i, m.len()))).min() {
+        out.push_str(&s[pos..i + marker]);
         out.push_str("***");
-        rest = &rest[i + 5..];
-        let end = rest.find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
-        rest = &rest[end..];
+        let rest = &s[i + marker..];
+        let end = rest.find(|c: char| c == '&' || c == '"' || c == '\'' || c == '%' || c.is_whitespace()).unwrap_or(rest.len());
+        pos = i + marker + end;
     }
-    out.push_str(rest);
+    out.push_str(&s[pos..]);
     out
 }
 
@@ -649,5 +651,7 @@ mod tests {
         assert_eq!(mask_auth_tokens("/d?auth=abc123&fileId=5"), "/d?auth=***&fileId=5");
         assert_eq!(mask_auth_tokens("x auth=zz y"), "x auth=*** y");
         assert_eq!(mask_auth_tokens("nothing"), "nothing");
+        assert_eq!(mask_auth_tokens("/d?AUTH=Zz9&b"), "/d?AUTH=***&b");
+        assert_eq!(mask_auth_tokens("u%3Fauth%3Dsecret%26x"), "u%3Fauth%3D***%26x");
     }
 }

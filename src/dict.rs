@@ -7,7 +7,7 @@ use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use serde_json::{json, Value};
 
-use crate::client::{php_query, PortalClient};
+use crate::client::{is_transient_code, php_query, PortalClient};
 use crate::error::{PortalError, Result};
 use crate::schema::Column;
 
@@ -63,18 +63,39 @@ pub async fn fetch_statuses(client: &PortalClient, cols: &[Column]) -> Result<Ve
         .enumerate()
         .map(|(i, e)| (format!("s{i}"), format!("crm.status.list?{}", php_query::encode(params(e, 0).as_object().expect("object")))))
         .collect();
-    let mut batch = client.batch(&cmds).await?;
-    for (i, entity) in entities.iter().enumerate() {
-        let key = format!("s{i}");
-        if let Some((code, desc)) = batch.errors.get(&key) {
+    // transient per-command failures (or a silently missing result) are retried like cursor steps
+    let mut attempts = 0u32;
+    let mut batch = loop {
+        attempts += 1;
+        let b = client.batch(&cmds).await?;
+        let complete = cmds.iter().all(|(k, _)| b.results.contains_key(k));
+        if complete {
+            break b;
+        }
+        if let Some((code, desc)) = b.errors.values().find(|(code, _)| !is_transient_code(code)) {
             return Err(PortalError::Api {
                 method: "crm.status.list".into(),
                 status: 200,
                 code: code.clone(),
-                description: format!("{desc} (dictionary {entity})"),
-                attempts: 1,
+                description: desc.clone(),
+                attempts,
             });
         }
+        if attempts > client.config().max_retries {
+            return Err(PortalError::Transport {
+                method: "crm.status.list".into(),
+                message: "the status dictionaries kept failing inside the batch".into(),
+                attempts,
+            });
+        }
+        if b.errors.values().any(|(code, _)| code == "OPERATION_TIME_LIMIT") && client.may_pause() {
+            client.pause(client.budget().blocked("crm.status.list"), "crm.status.list: OPERATION_TIME_LIMIT").await;
+        } else {
+            tokio::time::sleep(client.backoff(attempts - 1)).await;
+        }
+    };
+    for (i, entity) in entities.iter().enumerate() {
+        let key = format!("s{i}");
         let raw = batch.results.remove(&key);
         let value = raw.map(|r| serde_json::from_str(r.get()).unwrap_or(Value::Null)).unwrap_or(Value::Null);
         status_rows(entity, value, &mut out);

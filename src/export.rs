@@ -82,6 +82,48 @@ fn new_run_id() -> String {
 }
 
 /// Checks the output before any request: the dataset must not exist (unless overwriting) and must be writable.
+/// One export per output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that writes.
+/// A lock whose process is gone (a killed run) is taken over, and that run's leftovers are dropped.
+struct OutputLock {
+    path: PathBuf,
+}
+
+impl OutputLock {
+    fn take(out: &std::path::Path) -> Result<OutputLock> {
+        let staging = out.join(STAGING);
+        let path = staging.join("lock");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let pid: u32 = text.trim().parse().unwrap_or(0);
+            let alive = pid != 0 && pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if alive {
+                return Err(Error::Usage(format!(
+                    "another export (pid {pid}) is writing to {}; wait for it, or use another --out",
+                    out.display()
+                )));
+            }
+        }
+        // leftovers of runs that were killed: never published, safe to drop
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
+            Error::Usage(format!("another export is starting in {} ({e}); run one export per --out at a time", out.display()))
+        })?;
+        std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes()).map_err(|e| Error::io(&path, e))?;
+        Ok(OutputLock { path })
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(staging) = self.path.parent() {
+            let _ = std::fs::remove_dir(staging); // only when empty
+        }
+    }
+}
+
 fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
     let dataset = opts.out.join(DATASET);
     let existing = sink::list_dataset_files(&dataset)?;
@@ -96,11 +138,6 @@ fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
         Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", opts.out.display()))
     };
     std::fs::create_dir_all(&dataset).map_err(unwritable)?;
-    // leftovers of runs that were killed: never published, safe to drop (one run per OUT at a time)
-    let staging = opts.out.join(STAGING);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    }
     let probe = dataset.join(".b24-export-write-check");
     std::fs::write(&probe, b"ok").map_err(unwritable)?;
     let _ = std::fs::remove_file(&probe);
@@ -112,6 +149,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let (dataset, previous) = prepare_output(&opts)?;
+    let _lock = OutputLock::take(&opts.out)?;
     let run_id = new_run_id();
     let stats = Arc::new(ClientStats::default());
     let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
@@ -245,26 +283,30 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     };
+    // dictionaries and rejects describe the new data: put them in place with it, before the commit
+    let rejects_file = opts.out.join(REJECTS).join(format!("{DATASET}.jsonl"));
+    if rejects.total() > 0 {
+        side_files.push((rejects_staged, rejects_file.clone()));
+    }
     let committed = sink::publish(&staging_run.join(DATASET), &dataset, &files)
+        .and_then(|()| side_files.iter().try_for_each(|(staged, published)| sink::publish_file(staged, published)))
         .and_then(|()| manifest::commit(&manifest::dir(&opts.out, DATASET), &mut manifest));
     if let Err(e) = committed {
         remove_run_files(&dataset, &run_id);
         let _ = std::fs::remove_dir_all(&staging_run);
         return Err(e);
     }
-    let rejects_file = opts.out.join(REJECTS).join(format!("{DATASET}.jsonl"));
-    if rejects.total() > 0 {
-        side_files.push((rejects_staged, rejects_file.clone()));
-    } else if rejects_file.exists() {
-        std::fs::remove_file(&rejects_file).map_err(|e| Error::io(&rejects_file, e))?; // stale: it described the old data
-    }
-    for (staged, published) in &side_files {
-        sink::publish_file(staged, published)?;
+    // committed: what follows is cleanup, and each step is tried whatever the others do
+    if rejects.total() == 0 && rejects_file.exists() {
+        if let Err(e) = std::fs::remove_file(&rejects_file) {
+            tracing::warn!("could not remove the stale {}: {e}", rejects_file.display());
+        }
     }
     let _ = std::fs::remove_dir_all(&staging_run);
-    let _ = std::fs::remove_dir(opts.out.join(STAGING));
     let replaced = previous.len();
-    sink::remove_files(&dataset, &previous)?;
+    if let Err(e) = sink::remove_files(&dataset, &previous) {
+        tracing::warn!("snapshot v{:06} is committed, but files of the previous one could not be removed ({e}); `b24-export sql` reads only the new one", manifest.version);
+    }
     Ok(ExportSummary {
         dataset,
         run_id,

@@ -143,6 +143,11 @@ impl Webhook {
         u
     }
 
+    /// The portal's host.
+    pub fn host(&self) -> String {
+        self.base.host_str().unwrap_or("").to_string()
+    }
+
     /// The same webhook on the origin (scheme, host, port) of `to`, after the portal moved.
     pub fn moved_to(&self, to: &Url) -> Webhook {
         let mut base = self.base.clone();

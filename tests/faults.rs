@@ -235,3 +235,33 @@ fn a_run_killed_at_any_moment_leaves_the_previous_dataset_intact() {
     assert_eq!(read_dataset(&out.join("leads")).rows.len(), 30_000);
     assert!(!out.join(".b24-staging").exists(), "staging leftovers of killed runs were not removed");
 }
+
+#[test]
+fn concurrent_requests_share_one_refresh_per_expiry() {
+    // 150,000 leads: several batch requests in flight when a token expires
+    let sim = start_sim(SimConfig {
+        leads: 150_000,
+        seed: 6,
+        latency: Duration::from_millis(20),
+        oauth: Some(OAuthConfig {
+            client_id: "app.1234.5678".into(),
+            client_secret: "leakclientsecret99".into(),
+            access_token: "leakaccesstoken11".into(),
+            refresh_token: "leakrefreshtoken22".into(),
+            token_requests: 6,
+        }),
+        ..SimConfig::default()
+    });
+    let out = tempdir("oauth-concurrent");
+    let token_file = out.join("tokens.json");
+    let o = oauth_export(&sim, &out.join("data"), &token_file, "leakrefreshtoken22");
+    assert_success(&o);
+    assert!(text(&o).1.contains("5 batch request(s) in flight"), "the run should fan out: {}", text(&o).1.lines().find(|l| l.contains("probe")).unwrap_or(""));
+    let refreshes = sim.stats().token_refreshes.load(Ordering::Relaxed);
+    let requests = sim.stats().http_requests.load(Ordering::Relaxed);
+    assert!(refreshes >= 3, "{refreshes} refreshes for {requests} requests");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&token_file).unwrap()).unwrap();
+    assert_eq!(saved["refresh_token"].as_str().unwrap(), sim.oauth_tokens().unwrap().1, "the file must hold the live pair");
+    let n = query(&format!("SELECT count(DISTINCT id) AS n, count(*) AS c FROM read_parquet('{}/data/leads/**/*.parquet')", out.display()));
+    assert_eq!((n[0]["n"].as_u64(), n[0]["c"].as_u64()), (Some(150_000), Some(150_000)));
+}

@@ -102,6 +102,8 @@ impl OAuthConfig {
 pub struct Auth {
     cfg: AuthConfig,
     state: RwLock<AuthState>,
+    /// Held while a refresh is under way: the refresh token rotates, so only one request may use it.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 struct AuthState {
@@ -125,7 +127,7 @@ impl Auth {
                 generation: 0,
             },
         };
-        Auth { cfg, state: RwLock::new(state) }
+        Auth { cfg, state: RwLock::new(state), refreshing: tokio::sync::Mutex::new(()) }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, AuthState> {
@@ -144,6 +146,11 @@ impl Auth {
             (_, Some(p)) => format!("{p} (OAuth app)"),
             _ => "?".into(),
         }
+    }
+
+    /// The current token generation (bumped by every refresh).
+    pub fn generation(&self) -> u64 {
+        self.read().generation
     }
 
     /// The URL and JSON body of a call; the token generation it was made with.
@@ -172,6 +179,16 @@ impl Auth {
         if !(to.scheme() == "https" || (to.scheme() == "http" && is_loopback_host(&host))) {
             return Err(refuse(format!("the portal redirects to {host} over plain http; refusing to send credentials there")));
         }
+        let current = {
+            let st = self.read();
+            st.webhook.as_ref().map(|w| w.host()).or_else(|| st.portal.as_ref().and_then(|p| p.host_str().map(str::to_string))).unwrap_or_default()
+        };
+        if !is_loopback_host(&host) && site(&current) != site(&host.to_string()) {
+            return Err(refuse(format!(
+                "the portal redirects to {host}, outside {}; not sending credentials there — if the portal really moved, use the new address",
+                site(&current)
+            )));
+        }
         let shown = match to.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
@@ -192,6 +209,7 @@ impl Auth {
     /// when this is not an OAuth session. A request that saw an older generation just retries with the new token.
     pub async fn refresh(&self, http: &reqwest::Client, generation: u64) -> Result<bool, PortalError> {
         let AuthConfig::OAuth(cfg) = &self.cfg else { return Ok(false) };
+        let _one_at_a_time = self.refreshing.lock().await;
         let refresh = {
             let st = self.read();
             if st.generation != generation {
@@ -220,12 +238,11 @@ impl Auth {
         register_secret(access);
         register_secret(new_refresh);
         {
+            // under the refresh lock nobody else can have moved the generation on
             let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-            if st.generation == generation {
-                st.access = access.to_string();
-                st.refresh = new_refresh.to_string();
-                st.generation += 1;
-            }
+            st.access = access.to_string();
+            st.refresh = new_refresh.to_string();
+            st.generation += 1;
         }
         if let Some(path) = &cfg.token_file {
             persist_tokens(path, access, new_refresh).map_err(|e| fail(format!("refreshed, but could not save the new tokens to {}: {e}", path.display())))?;
@@ -235,20 +252,34 @@ impl Auth {
     }
 }
 
-/// Writes the token pair atomically (a temporary file renamed over the old one), readable by the owner only.
+/// The site a host belongs to, by its last two labels (`old.bitrix24.com` → `bitrix24.com`).
+fn site(host: &str) -> String {
+    let labels: Vec<&str> = host.trim_end_matches('.').rsplit('.').take(2).collect();
+    labels.into_iter().rev().collect::<Vec<_>>().join(".").to_ascii_lowercase()
+}
+
+/// Writes the token pair atomically (a new, uniquely named file renamed over the old one), readable by the
+/// owner only.
 fn persist_tokens(path: &std::path::Path, access: &str, refresh: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tokens".into());
+    let tmp = path.with_file_name(format!(".{name}.{}.{:08x}.tmp", std::process::id(), fastrand::u32(..)));
     {
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp)?;
         f.write_all(serde_json::json!({"access_token": access, "refresh_token": refresh}).to_string().as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 trait JsonValue {

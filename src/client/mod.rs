@@ -292,6 +292,9 @@ impl PortalClient {
             if code == "expired_token" && self.auth.is_oauth() {
                 return Err(Failure::Expired(generation));
             }
+            if status == 401 && self.auth.is_oauth() && generation != self.auth.generation() {
+                return Err(Failure::Expired(generation)); // sent with a token that was rotated meanwhile
+            }
             return match classify_api_error(method, status, &code, &desc, attempts) {
                 Some(e) => Err(Failure::Fatal(e)),
                 None => Err(Failure::Transient(format!("{code} ({}) [HTTP {status}]", redact(&desc)))),

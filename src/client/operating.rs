@@ -13,9 +13,14 @@ use serde_json::Value;
 struct Seen {
     used: f64,
     reset_at: Option<f64>,
-    /// The largest increase between two observations (≈ what one request of this method spends).
+    /// The largest increase between two observations in the same window (≈ what one request spends).
     step: f64,
+    /// After a block: calls wait until then (unix seconds), however many requests met the block.
+    blocked_until: Option<f64>,
 }
+
+/// No wait is longer than the portal's window (10 minutes) and a bit.
+const MAX_WAIT: f64 = 660.0;
 
 #[derive(Debug)]
 pub struct OperatingBudget {
@@ -40,7 +45,7 @@ impl OperatingBudget {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let s = seen.entry(method.to_string()).or_default();
         // responses of concurrent requests arrive out of order: keep the newest picture
-        if used > s.used {
+        if used > s.used && reset_at.is_some() && reset_at == s.reset_at {
             s.step = s.step.max(used - s.used);
         }
         if reset_at.is_some() && reset_at != s.reset_at {
@@ -61,7 +66,7 @@ impl OperatingBudget {
             return None;
         }
         let reset = s.reset_at?;
-        let wait = reset + 1.0 - now();
+        let wait = (reset + 1.0 - now()).min(MAX_WAIT);
         (wait > 0.0).then(|| Duration::from_secs_f64(wait))
     }
 
@@ -69,13 +74,14 @@ impl OperatingBudget {
     /// minute when we never saw a reset time. Forgets what it saw, since the picture is stale after the wait.
     pub fn blocked(&self, method: &str) -> Duration {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let wait = seen
-            .get(method)
-            .and_then(|s| s.reset_at)
-            .map(|r| r + 1.0 - now())
-            .filter(|w| *w > 0.0 && *w < 700.0)
-            .unwrap_or(60.0);
-        seen.remove(method);
+        let s = seen.entry(method.to_string()).or_default();
+        let t = now();
+        if let Some(until) = s.blocked_until.filter(|u| *u > t) {
+            return Duration::from_secs_f64(until - t); // the same block, met by another request
+        }
+        let wait = s.reset_at.map(|r| r + 1.0 - t).filter(|w| *w > 0.0 && *w < MAX_WAIT).unwrap_or(60.0);
+        s.blocked_until = Some(t + wait);
+        s.used = 0.0; // stale after the wait; the next answers tell again
         Duration::from_secs_f64(wait)
     }
 }
@@ -100,6 +106,8 @@ mod tests {
         assert!(b.wait_before("other", 0).is_none());
         let blocked = b.blocked("m");
         assert!(blocked > Duration::from_secs(4) && blocked <= Duration::from_secs(6));
+        // other requests that met the same block wait for the same moment, not a fresh default
+        assert!(b.blocked("m") <= blocked);
         assert_eq!(b.blocked("never-seen"), Duration::from_secs(60));
     }
 }
