@@ -137,7 +137,7 @@ fn kind_of(v: &Value) -> &'static str {
 /// A batch request under way: the keys of its ranges, their state when sent, and its outcome.
 type InFlight = (Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>);
 
-fn paused_too_long(method: &str) -> crate::error::Error {
+fn paused_too_long(method: &str) -> PortalError {
     PortalError::Api {
         method: method.into(),
         status: 429,
@@ -145,7 +145,6 @@ fn paused_too_long(method: &str) -> crate::error::Error {
         description: "Method is blocked due to operation time limit; the budget did not recover within --max-pause".into(),
         attempts: 1,
     }
-    .into()
 }
 
 /// What the probe learnt: the ID span and how many leads match.
@@ -176,13 +175,7 @@ async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<Probe>,
             // the method is blocked before we even started: wait for its budget like any step would
             client.stats().operating_blocks.fetch_add(1, Ordering::Relaxed);
             if !client.may_pause() {
-                return Err(PortalError::Api {
-                    method: spec.method.clone(),
-                    status: 429,
-                    code: "OPERATION_TIME_LIMIT".into(),
-                    description: "Method is blocked due to operation time limit; the budget did not recover within --max-pause".into(),
-                    attempts,
-                });
+                return Err(paused_too_long(&spec.method));
             }
             attempts -= 1;
             client.pause(client.budget().blocked(&spec.method), &format!("{}: the ID probe met OPERATION_TIME_LIMIT", spec.method)).await;
@@ -293,7 +286,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
                     break; // let the requests under way finish first; their answers update the picture
                 }
                 if !client.may_pause() {
-                    return Err(paused_too_long(&spec.method));
+                    return Err(paused_too_long(&spec.method).into());
                 }
                 client.pause(wait, &format!("{}: close to the operating-time limit", spec.method)).await;
             }
@@ -396,7 +389,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
         if blocked > 0 {
             client.stats().operating_blocks.fetch_add(blocked as u64, Ordering::Relaxed);
             if !client.may_pause() {
-                return Err(paused_too_long(&spec.method));
+                return Err(paused_too_long(&spec.method).into());
             }
             let wait = client.budget().blocked(&spec.method);
             client.pause(wait, &format!("{}: {blocked} cursor step(s) met OPERATION_TIME_LIMIT", spec.method)).await;
