@@ -116,10 +116,11 @@ impl OutputLock {
 }
 
 impl Drop for OutputLock {
+    /// The staging area belongs to the lock holder: whatever is left in it when the run ends (an error on any
+    /// path) was never published and is dropped with the lock.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
         if let Some(staging) = self.path.parent() {
-            let _ = std::fs::remove_dir(staging); // only when empty
+            let _ = std::fs::remove_dir_all(staging);
         }
     }
 }
