@@ -1,4 +1,5 @@
-//! The command line: argument parsing and wiring only; the work is in the library.
+//! The command line (part of the binary, not the library): argument parsing and wiring only; the work is in
+//! the library.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,14 +8,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use crate::client::auth::{AuthConfig, OAuthConfig};
-use crate::client::ClientConfig;
-use crate::error::{Error, Result};
-use crate::export::{self, ExportOptions, ExportSummary};
-use crate::secret::Webhook;
-use crate::sim::data::IdLayout;
-use crate::sim::{SimConfig, SimPortal};
-use crate::sink::partition::PartitionSpec;
+use b24_export::client::auth::{AuthConfig, OAuthConfig};
+use b24_export::client::ClientConfig;
+use b24_export::error::{Error, Result};
+use b24_export::export::{self, ExportOptions, ExportSummary};
+use b24_export::secret::Webhook;
+use b24_export::sim::data::IdLayout;
+use b24_export::sim::{SimConfig, SimPortal};
+use b24_export::sink::partition::PartitionSpec;
 
 #[derive(Parser, Debug)]
 #[command(name = "b24-export", version, about = "Export Bitrix24 CRM leads into typed, hive-partitioned Parquet")]
@@ -368,7 +369,7 @@ pub fn print_summary(s: &ExportSummary) {
     }
 }
 
-fn print_schema(cols: &[crate::schema::Column], format: SchemaFormat) {
+fn print_schema(cols: &[b24_export::schema::Column], format: SchemaFormat) {
     let rows: Vec<[String; 5]> = cols
         .iter()
         .map(|c| [c.name.clone(), c.kind.data_type().to_string(), c.kind.duckdb_type(), c.bitrix_type.clone(), c.label.clone()])
@@ -403,10 +404,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sql(a) => {
-            let m = crate::sink::manifest::latest(&crate::sink::manifest::dir(&a.out, &a.dataset))?.ok_or_else(|| {
+            let m = b24_export::sink::manifest::latest(&b24_export::sink::manifest::dir(&a.out, &a.dataset))?.ok_or_else(|| {
                 Error::Usage(format!("no committed snapshot of {} under {} (run an export first)", a.dataset, a.out.display()))
             })?;
-            println!("{}", crate::sink::manifest::duckdb_query(&a.out.join(&a.dataset), &m));
+            println!("{}", b24_export::sink::manifest::duckdb_query(&a.out.join(&a.dataset), &m));
             Ok(())
         }
         Command::Schema(a) => {

@@ -4,7 +4,6 @@
 //! (JSON → Arrow, typed by [`schema`]) → [`sink`] (partitioned Parquet files). [`export`] wires the stages,
 //! [`sim`] is the simulated portal used by the demo and the tests.
 
-pub mod cli;
 pub mod client;
 pub mod convert;
 pub mod dict;

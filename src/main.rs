@@ -5,7 +5,9 @@ use clap::Parser;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use b24_export::cli::{run, Cli};
+mod cli;
+
+use cli::{run, Cli};
 use b24_export::secret::{install_panic_redaction, redact, register_codes_in, register_secret};
 
 /// A stderr writer that redacts registered secrets from every log line.
