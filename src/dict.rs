@@ -123,7 +123,7 @@ pub fn fields_table(entity: &str, cols: &[Column]) -> Result<RecordBatch> {
     batch(
         vec![
             Field::new("entity", DataType::Utf8, false),
-            Field::new("column", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, false),
             Field::new("field", DataType::Utf8, false),
             Field::new("bitrix_type", DataType::Utf8, true),
             Field::new("arrow_type", DataType::Utf8, false),
@@ -153,7 +153,7 @@ pub fn enum_items_table(entity: &str, cols: &[Column]) -> Result<RecordBatch> {
     batch(
         vec![
             Field::new("entity", DataType::Utf8, false),
-            Field::new("column", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, false),
             Field::new("field", DataType::Utf8, false),
             Field::new("item_id", DataType::Int64, false),
             Field::new("value", DataType::Utf8, true),
