@@ -238,7 +238,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
 
     // 3. fetch
-    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, page_tx, progress.clone()));
+    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, &plan::Coverage::default(), page_tx, progress.clone()));
     let converted = converter.join().unwrap_or_else(|_| Err(Error::Internal("the converter panicked".into())));
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();

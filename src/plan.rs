@@ -43,6 +43,53 @@ pub struct FetchSpec {
 pub struct Page {
     pub chunks: Vec<Box<RawValue>>,
     pub rows: usize,
+    /// ID intervals `[lo, hi)` that this page completes: every matching lead in them is in this page or an
+    /// earlier one. Checkpoints record their union, and a resumed run skips it.
+    pub covered: Vec<(i64, i64)>,
+}
+
+/// A union of half-open ID intervals `[lo, hi)`, kept sorted and merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Coverage(pub Vec<(i64, i64)>);
+
+impl Coverage {
+    pub fn add(&mut self, lo: i64, hi: i64) {
+        if lo >= hi {
+            return;
+        }
+        self.0.push((lo, hi));
+        self.0.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(self.0.len());
+        for &(a, b) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        self.0 = merged;
+    }
+
+    /// The parts of `[lo, hi)` not covered.
+    pub fn gaps(&self, lo: i64, hi: i64) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        let mut at = lo;
+        for &(a, b) in &self.0 {
+            if b <= at {
+                continue;
+            }
+            if a >= hi {
+                break;
+            }
+            if a > at {
+                out.push((at, a));
+            }
+            at = at.max(b);
+        }
+        if at < hi {
+            out.push((at, hi));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -260,19 +307,31 @@ impl Ranges {
     }
 }
 
-/// Fetches every record matching `spec` and sends them downstream in pages.
-/// Returns the number of records fetched.
-pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc::Sender<Page>, progress: Arc<Progress>) -> Result<u64> {
+/// Fetches every record matching `spec` whose ID is not in `done` (the coverage of an interrupted run being
+/// resumed) and sends them downstream in pages. Returns the number of records fetched.
+pub async fn fetch_all(
+    client: Arc<PortalClient>,
+    spec: Arc<FetchSpec>,
+    done: &Coverage,
+    tx: mpsc::Sender<Page>,
+    progress: Arc<Progress>,
+) -> Result<u64> {
     let Some(Probe { lo, hi, total }) = probe(&client, &spec).await? else {
         return Ok(0);
     };
+    let todo = done.gaps(lo, hi + 1);
+    if todo.is_empty() {
+        return Ok(0);
+    }
     let concurrency = plan_concurrency(total, spec.concurrency);
     tracing::debug!("probe: IDs {lo}..={hi}, {total:?} leads; {concurrency} batch request(s) in flight");
     let mut ranges = Ranges::default();
     if let Some(t) = total {
         ranges.density = (t as f64 / (hi - lo + 1) as f64).clamp(1e-9, 1.0);
     }
-    ranges.insert(Range::new(lo - 1, hi + 1));
+    for (a, b) in todo {
+        ranges.insert(Range::new(a - 1, b));
+    }
     ranges.refill(BATCH * concurrency);
     let mut inflight: JoinSet<InFlight> = JoinSet::new();
     let mut fetched = 0u64;
@@ -319,6 +378,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
             return Err(e.into());
         }
         let mut chunks = Vec::new();
+        let mut covered = Vec::new();
         let mut page_rows = 0usize;
         let mut worst_failures = 0u32;
         let mut failed_steps = 0usize;
@@ -377,7 +437,9 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
             }
             if ids.len() < PAGE {
                 ranges.map.remove(&i); // a short page ends the cursor: the range is exhausted
+                covered.push((sent.last + 1, sent.hi));
             } else {
+                covered.push((sent.last + 1, last + 1));
                 r.density = Some(PAGE as f64 / (last - sent.last).max(1) as f64);
                 r.last = last;
             }
@@ -401,7 +463,7 @@ pub async fn fetch_all(client: Arc<PortalClient>, spec: Arc<FetchSpec>, tx: mpsc
         }
         fetched += page_rows as u64;
         progress.add_leads(page_rows as u64);
-        if page_rows > 0 && tx.send(Page { chunks, rows: page_rows }).await.is_err() {
+        if !covered.is_empty() && tx.send(Page { chunks, rows: page_rows, covered }).await.is_err() {
             return Err(crate::error::Error::Internal("the converter stopped".into()));
         }
     }
@@ -435,6 +497,22 @@ mod tests {
         assert_eq!(plan_concurrency(Some(200_000), 8), 6);
         assert_eq!(plan_concurrency(Some(1_000_000), 8), 8);
         assert_eq!(plan_concurrency(None, 8), 2);
+    }
+
+    #[test]
+    fn coverage_merges_and_finds_gaps() {
+        let mut c = Coverage::default();
+        assert_eq!(c.gaps(1, 10), vec![(1, 10)]);
+        c.add(5, 7);
+        c.add(1, 3);
+        c.add(3, 4);
+        c.add(6, 9);
+        assert_eq!(c.0, vec![(1, 4), (5, 9)]);
+        assert_eq!(c.gaps(0, 12), vec![(0, 1), (4, 5), (9, 12)]);
+        assert_eq!(c.gaps(2, 4), vec![]);
+        assert_eq!(c.gaps(8, 20), vec![(9, 20)]);
+        c.add(4, 5);
+        assert_eq!(c.0, vec![(1, 9)]);
     }
 
     #[test]
