@@ -1,9 +1,15 @@
-//! Fetch planning: the ID space split into disjoint ranges, one exact ID cursor per range
-//! (`>ID last`, `<ID hi`, `order ID ASC`, `start=-1`), up to 50 cursor steps packed into each `batch` request,
-//! several requests in flight. Never offsets: they drift when leads change and cost a COUNT per page.
+//! Fetch planning: the ID space split into disjoint ranges, each read by two exact ID cursors that move toward
+//! each other — one upward (`>ID lo`, `<ID hi`, `order ID ASC`), one downward (the same filter, `order ID DESC`),
+//! both `start=-1` — until they meet. Up to 50 cursor steps are packed into each `batch` request. Never offsets:
+//! they drift when leads change and cost a COUNT per page.
 //!
-//! Exactly-once: ranges never overlap, a range only moves its cursor past rows it has received, and a range is
-//! split only while no request for it is in flight.
+//! Every range costs one partly filled page where its reading ends. A range read from both ends has one such end
+//! for two cursors, so the fan-out that the portal's burst needs costs half the extra commands.
+//!
+//! Exactly-once: ranges never overlap; a cursor only moves past rows received; a range is split only while no
+//! request for it is in flight. The two cursors of a range may be under way at once; when fewer than 100 leads
+//! were left, their pages overlap, and a row goes downstream only if it lies in the part of its range that no
+//! earlier page has delivered.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -92,30 +98,69 @@ impl Coverage {
     }
 }
 
+/// Which cursor of a range: upward (`order ID ASC` from `lo`) or downward (`order ID DESC` from `hi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Up = 0,
+    Down = 1,
+}
+
+impl Dir {
+    fn order(self) -> &'static str {
+        match self {
+            Dir::Up => "ASC",
+            Dir::Down => "DESC",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Range {
-    /// Cursor: the next rows have ID > last.
-    last: i64,
-    /// Exclusive upper bound.
+    /// The upward cursor: every matching lead of the range with ID ≤ lo has been delivered.
+    lo: i64,
+    /// The downward cursor: every matching lead of the range with ID ≥ hi has been delivered.
     hi: i64,
-    busy: bool,
-    failures: u32,
-    /// Leads per ID seen on this range's last full page (IDs are rarely dense: deletions, imports).
-    density: Option<f64>,
+    /// A request for this cursor (by [`Dir`]) is in flight.
+    busy: [bool; 2],
+    failures: [u32; 2],
+    /// Leads and IDs seen on this range's full pages, for its density (IDs are rarely dense: deletions, imports).
+    seen_rows: f64,
+    seen_ids: f64,
 }
 
 impl Range {
-    fn new(last: i64, hi: i64) -> Self {
-        Range { last, hi, busy: false, failures: 0, density: None }
+    /// The range of IDs `lo < ID < hi`.
+    fn new(lo: i64, hi: i64) -> Self {
+        Range { lo, hi, busy: [false; 2], failures: [0; 2], seen_rows: 0.0, seen_ids: 0.0 }
     }
 
+    /// IDs left between the cursors.
     fn span(&self) -> i64 {
-        self.hi - self.last - 1
+        self.hi - self.lo - 1
     }
 
-    /// About how many leads are left in the range.
+    fn done(&self) -> bool {
+        self.span() <= 0
+    }
+
+    fn inflight(&self) -> usize {
+        self.busy.iter().filter(|b| **b).count()
+    }
+
+    fn idle(&self) -> bool {
+        self.inflight() == 0
+    }
+
+    /// About how many leads are left between the cursors (before the answers under way): by the density of the
+    /// range's own full pages, or `default_density` before it has any.
     fn remaining(&self, default_density: f64) -> f64 {
-        self.span() as f64 * self.density.unwrap_or(default_density)
+        let density = if self.seen_ids > 0.0 { self.seen_rows / self.seen_ids } else { default_density };
+        self.span().max(0) as f64 * density.min(1.0)
+    }
+
+    /// About how many leads will be left once the requests under way have answered.
+    fn left(&self, default_density: f64) -> f64 {
+        self.remaining(default_density) - (PAGE * self.inflight()) as f64
     }
 }
 
@@ -181,8 +226,9 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// A batch request under way: the keys of its ranges, their state when sent, and its outcome.
-type InFlight = (Vec<usize>, Vec<Range>, std::result::Result<BatchOutcome, PortalError>);
+/// A batch request under way: its cursor steps (range key, cursor), each range's `(lo, hi)` when sent, and its
+/// outcome.
+type InFlight = (Vec<(usize, Dir)>, Vec<(i64, i64)>, std::time::Duration, std::result::Result<BatchOutcome, PortalError>);
 
 fn paused_too_long(method: &str) -> PortalError {
     PortalError::Api {
@@ -259,17 +305,54 @@ fn fatal_error(spec: &FetchSpec, out: &BatchOutcome, attempts: u32) -> Option<Po
     })
 }
 
+/// Another cursor step goes to a range only when about this many leads are expected beyond the steps already under
+/// way: below it, the page under way most likely ends the range and the step would come back empty. A range with
+/// nothing under way is always read.
+const MARGIN: f64 = 25.0;
+/// Near the end of a run a range is split, to keep requests full, only when it has about this many leads left.
+const SPLIT_MIN: f64 = 3.0 * PAGE as f64;
+/// In the last round trips of a run, a second cursor goes to every range expected to hold more than a page.
+const ENDGAME_ROUNDS: f64 = 1.5;
+
+/// How many more cursor steps range `r` is worth now, with `left` leads expected beyond its steps under way and
+/// `margin` as [`MARGIN`].
+fn worth(r: &Range, mut left: f64, margin: f64) -> usize {
+    let free = 2 - r.inflight();
+    let mut n = 0;
+    if r.idle() {
+        n = 1;
+        left -= PAGE as f64;
+    }
+    while n < free && left >= margin {
+        n += 1;
+        left -= PAGE as f64;
+    }
+    n
+}
+
+/// An `f64` priority for the heap.
+#[derive(PartialEq, PartialOrd)]
+struct Prio(f64);
+impl Eq for Prio {}
+impl Ord for Prio {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// The open ranges, under stable keys (requests in flight refer to them by key).
 struct Ranges {
     map: std::collections::BTreeMap<usize, Range>,
     next_key: usize,
     /// Leads per ID over the whole span (from the probe's count), for ranges not yet sampled.
     density: f64,
+    /// [`MARGIN`], or less in the last rounds of a run, when a round trip costs more than a wasted step.
+    margin: f64,
 }
 
 impl Default for Ranges {
     fn default() -> Self {
-        Ranges { map: Default::default(), next_key: 0, density: 1.0 }
+        Ranges { map: Default::default(), next_key: 0, density: 1.0, margin: MARGIN }
     }
 }
 
@@ -279,32 +362,160 @@ impl Ranges {
         self.next_key += 1;
     }
 
-    /// Splits idle ranges until there are `want` idle ones or none is worth splitting. The range with the most
-    /// leads left (by its observed density) is split, so that ranges finish at about the same time.
+    /// Splits idle range `k` in the middle of the IDs left; the upper half gets a new key.
+    fn split(&mut self, k: usize) {
+        let r = self.map.get_mut(&k).expect("present");
+        debug_assert!(r.idle() && r.span() >= 2);
+        let mid = r.lo + 1 + r.span() / 2;
+        let mut upper = r.clone();
+        upper.lo = mid - 1;
+        upper.failures = [0; 2];
+        r.hi = mid;
+        self.insert(upper);
+    }
+
+    /// The idle range with the most leads left, if it has at least `min`.
+    fn fullest_idle(&self, min: f64) -> Option<usize> {
+        let d = self.density;
+        self.map
+            .iter()
+            .filter(|(_, r)| r.idle() && r.span() >= 2)
+            .max_by(|a, b| a.1.remaining(d).total_cmp(&b.1.remaining(d)))
+            .filter(|(_, r)| r.remaining(d) >= min)
+            .map(|(k, _)| *k)
+    }
+
+    /// Splits the ranges with the most leads left until there are `want` ranges or none is worth splitting, so
+    /// that they hold about the same number of leads.
     fn refill(&mut self, want: usize) {
-        loop {
-            if self.map.values().filter(|r| !r.busy).count() >= want {
-                return;
-            }
-            let d = self.density;
-            let Some((&k, fullest)) = self
-                .map
-                .iter()
-                .filter(|(_, r)| !r.busy && r.span() >= 2)
-                .max_by(|a, b| a.1.remaining(d).total_cmp(&b.1.remaining(d)))
-            else {
-                return;
-            };
-            if fullest.remaining(d) < 2.0 * PAGE as f64 {
-                return; // a couple of pages left at most: splitting would cost more commands than it saves
-            }
-            let mid = fullest.last + 1 + fullest.span() / 2;
-            let mut upper = Range::new(mid - 1, fullest.hi);
-            upper.density = fullest.density;
-            self.map.get_mut(&k).expect("present").hi = mid;
-            self.insert(upper);
+        while self.map.len() < want {
+            let Some(k) = self.fullest_idle(2.0 * PAGE as f64) else { return };
+            self.split(k);
         }
     }
+
+    /// Cursor steps worth sending now.
+    fn ready(&self) -> usize {
+        let d = self.density;
+        self.map.values().map(|r| worth(r, r.left(d), self.margin)).sum()
+    }
+
+    /// Near the end of a run: splits the idle ranges with the most leads left until `need` more cursor steps are
+    /// worth sending, or no range is worth splitting. A split costs about half a page; a thin request, a request.
+    fn split_for(&mut self, mut need: usize) {
+        let d = self.density;
+        while need > 0 {
+            let Some(k) = self.fullest_idle(SPLIT_MIN) else { return };
+            let before = worth(&self.map[&k], self.map[&k].left(d), self.margin);
+            let upper = self.next_key;
+            self.split(k);
+            let after = worth(&self.map[&k], self.map[&k].left(d), self.margin)
+                + worth(&self.map[&upper], self.map[&upper].left(d), self.margin);
+            need = need.saturating_sub(after.saturating_sub(before).max(1));
+        }
+    }
+
+    /// About how many cursor steps are left to send: a page per 50 leads, and the partly filled page of each range.
+    fn steps_left(&self) -> f64 {
+        let d = self.density;
+        self.map.values().map(|r| r.left(d).max(0.0) / PAGE as f64 + if r.idle() { 0.5 } else { 0.0 }).sum()
+    }
+
+    /// Splits idle ranges with more than `most` leads left (two cursors read 100 per round trip), so that no range
+    /// takes more round trips than the run has left.
+    fn shorten(&mut self, most: f64) {
+        let d = self.density;
+        loop {
+            let Some(k) = self.fullest_idle(most.max(2.0 * PAGE as f64)) else { return };
+            if self.map[&k].remaining(d) <= most {
+                return;
+            }
+            self.split(k);
+        }
+    }
+
+    /// Takes up to `max` cursor steps, the ranges with the most leads left first (so that ranges finish together
+    /// and the last requests are full too), and marks them busy.
+    fn pick(&mut self, max: usize) -> Vec<(usize, Dir)> {
+        let d = self.density;
+        let mut heap: std::collections::BinaryHeap<(Prio, std::cmp::Reverse<usize>)> = self
+            .map
+            .iter()
+            .filter(|(_, r)| worth(r, r.left(d), self.margin) > 0)
+            .map(|(k, r)| (Prio(r.left(d)), std::cmp::Reverse(*k)))
+            .collect();
+        let mut out = Vec::with_capacity(max);
+        while out.len() < max {
+            let Some((_, std::cmp::Reverse(k))) = heap.pop() else { break };
+            let r = self.map.get_mut(&k).expect("present");
+            let dir = if r.busy[Dir::Up as usize] { Dir::Down } else { Dir::Up };
+            r.busy[dir as usize] = true;
+            out.push((k, dir));
+            if worth(r, r.left(d), self.margin) > 0 {
+                heap.push((Prio(r.left(d)), std::cmp::Reverse(k)));
+            }
+        }
+        out
+    }
+}
+
+/// The client's leaky bucket as the planner sees it. A request is put together only when the bucket has room for
+/// it, so that its cursor steps do not wait in a queue while answers come back that could have joined it.
+struct Pace {
+    rate: f64,
+    burst: f64,
+    level: f64,
+    at: std::time::Instant,
+}
+
+impl Pace {
+    /// `sent`: requests the client made just before (they are still in the bucket, about).
+    fn new(rate: f64, burst: f64, sent: u64) -> Self {
+        Pace { rate: rate.max(0.001), burst: burst.max(1.0), level: (sent as f64).min(burst), at: std::time::Instant::now() }
+    }
+
+    fn level(&self) -> f64 {
+        (self.level - self.at.elapsed().as_secs_f64() * self.rate).max(0.0)
+    }
+
+    /// How long until the bucket has room for one more request; `None` when it has room now.
+    fn wait(&self) -> Option<std::time::Duration> {
+        let over = self.level() + 1.0 - self.burst;
+        (over > 0.0).then(|| std::time::Duration::from_secs_f64(over / self.rate))
+    }
+
+    /// How many requests may go now.
+    fn room(&self) -> usize {
+        (self.burst - self.level()).max(0.0) as usize
+    }
+
+    fn take(&mut self) {
+        self.level = self.level() + 1.0;
+        self.at = std::time::Instant::now();
+    }
+}
+
+/// The rows of a raw list result whose IDs (`ids`, in the same order) satisfy `keep`, as a raw JSON array.
+fn keep_rows(raw: Box<RawValue>, ids: &[Option<i64>], keep: impl Fn(i64) -> bool) -> Result<(Box<RawValue>, usize), PortalError> {
+    let kept = ids.iter().filter(|id| id.is_some_and(&keep)).count();
+    if kept == ids.len() {
+        return Ok((raw, kept));
+    }
+    let rows: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|e| PortalError::Protocol { method: "batch".into(), status: 200, message: format!("unreadable list result: {e}") })?;
+    let mut text = String::with_capacity(raw.get().len());
+    text.push('[');
+    for (row, id) in rows.iter().zip(ids) {
+        if id.is_some_and(&keep) {
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(row.get());
+        }
+    }
+    text.push(']');
+    let raw = RawValue::from_string(text).map_err(|e| PortalError::Protocol { method: "batch".into(), status: 200, message: e.to_string() })?;
+    Ok((raw, kept))
 }
 
 /// Fetches every record matching `spec` whose ID is not in `done` (the coverage of an interrupted run being
@@ -323,8 +534,11 @@ pub async fn fetch_all(
     if todo.is_empty() {
         return Ok(0);
     }
-    let concurrency = plan_concurrency(total, spec.concurrency);
-    tracing::debug!("probe: IDs {lo}..={hi}, {total:?} leads; {concurrency} batch request(s) in flight");
+    let cursors = plan_cursors(total, spec.concurrency);
+    // requests in flight: as many as the cursors fill, at most --concurrency (a small portal keeps to one, which
+    // also keeps it within a small operating budget)
+    let concurrency = spec.concurrency.max(1).min(cursors.div_ceil(BATCH)).max(1);
+    tracing::debug!("probe: IDs {lo}..={hi}, {total:?} leads; {cursors} cursors, at most {concurrency} batch request(s) in flight");
     let mut ranges = Ranges::default();
     if let Some(t) = total {
         ranges.density = (t as f64 / (hi - lo + 1) as f64).clamp(1e-9, 1.0);
@@ -332,12 +546,16 @@ pub async fn fetch_all(
     for (a, b) in todo {
         ranges.insert(Range::new(a - 1, b));
     }
-    ranges.refill(BATCH * concurrency);
+    ranges.refill(cursors.div_ceil(2));
+    let mut pace = Pace::new(client.config().rate, client.config().burst, client.stats().requests.load(Ordering::Relaxed));
     let mut inflight: JoinSet<InFlight> = JoinSet::new();
+    // round trip of a full request (seconds), measured as the run goes
+    let mut rtt = 1.0f64;
     let mut fetched = 0u64;
-    let (mut batches, mut commands, mut partial, mut empty) = (0u64, 0u64, 0u64, 0u64);
+    let (mut batches, mut commands, mut partial, mut empty, mut dropped) = (0u64, 0u64, 0u64, 0u64, 0u64);
     loop {
-        // launch requests while there is room and idle work
+        // launch requests while there is room and work
+        let mut wake = None;
         while inflight.len() < concurrency {
             // the method's operating budget: hold back rather than be blocked
             if let Some(wait) = client.budget().wait_before(&spec.method, inflight.len()) {
@@ -349,31 +567,73 @@ pub async fn fetch_all(
                 }
                 client.pause(wait, &format!("{}: close to the operating-time limit", spec.method)).await;
             }
-            ranges.refill(BATCH);
-            let picked: Vec<usize> = ranges.map.iter().filter(|(_, r)| !r.busy).map(|(k, _)| *k).take(BATCH).collect();
+            // the bucket: put the request together when it may go, with the cursors free at that moment
+            if let Some(wait) = pace.wait() {
+                wake = Some(tokio::time::Instant::now() + wait);
+                break;
+            }
+            // How many round trips are left: the requests still needed, paced by the bucket beyond the room it
+            // has now, or by the requests allowed in flight. No range should need more than that.
+            let requests_left = ranges.steps_left() / BATCH as f64;
+            let by_bucket = (requests_left - pace.room() as f64).max(0.0) / pace.rate;
+            let rounds_left = (by_bucket / rtt).max(requests_left / concurrency as f64);
+            ranges.margin = if rounds_left < ENDGAME_ROUNDS { 0.0 } else { MARGIN };
+            ranges.shorten(2.0 * PAGE as f64 * rounds_left.max(1.0));
+            // fewer than 50 steps ready: more cursors if a range is worth splitting; failing that, a thin request
+            // only when nothing is under way (answers free cursors, and a request saved is half a second saved
+            // once the bucket paces the run)
+            let ready = ranges.ready();
+            if ready < BATCH {
+                ranges.split_for(BATCH - ready);
+                if ranges.ready() < BATCH && !inflight.is_empty() {
+                    break;
+                }
+            }
+            let picked = ranges.pick(BATCH);
             if picked.is_empty() {
                 break;
             }
             let mut cmds = Vec::with_capacity(picked.len());
             let mut snapshot = Vec::with_capacity(picked.len());
-            for &i in &picked {
-                let r = ranges.map.get_mut(&i).expect("picked");
-                r.busy = true;
-                let params = list_params(&spec, &[(">ID", json!(r.last)), ("<ID", json!(r.hi))], "ASC", &spec.select);
-                cmds.push((format!("r{i}"), command(&spec, &params)));
-                snapshot.push(r.clone());
+            for &(k, dir) in &picked {
+                let r = &ranges.map[&k];
+                let params = list_params(&spec, &[(">ID", json!(r.lo)), ("<ID", json!(r.hi))], dir.order(), &spec.select);
+                cmds.push((step_key(k, dir), command(&spec, &params)));
+                snapshot.push((r.lo, r.hi));
             }
             batches += 1;
             commands += cmds.len() as u64;
+            pace.take();
+            tracing::trace!("send #{batches}: {} steps, {} in flight, {} ranges, bucket {:.1}", cmds.len(), inflight.len(), ranges.map.len(), pace.level());
             let client = client.clone();
             inflight.spawn(async move {
+                let sent = std::time::Instant::now();
                 let out = client.batch(&cmds).await;
-                (picked, snapshot, out)
+                (picked, snapshot, sent.elapsed(), out)
             });
         }
-        let Some(joined) = inflight.join_next().await else { break };
-        let (picked, snapshot, out) = joined.map_err(|e| crate::error::Error::Internal(format!("fetch task failed: {e}")))?;
+        if inflight.is_empty() {
+            match wake {
+                Some(t) => {
+                    tokio::time::sleep_until(t).await;
+                    continue;
+                }
+                None => break, // nothing under way and nothing left to send
+            }
+        }
+        let joined = match wake {
+            Some(t) => tokio::select! {
+                j = inflight.join_next() => j,
+                _ = tokio::time::sleep_until(t) => continue,
+            },
+            None => inflight.join_next().await,
+        };
+        let Some(joined) = joined else { continue };
+        let (picked, snapshot, took, out) = joined.map_err(|e| crate::error::Error::Internal(format!("fetch task failed: {e}")))?;
         let mut out = out?;
+        if picked.len() * 2 >= BATCH {
+            rtt = 0.7 * rtt + 0.3 * took.as_secs_f64();
+        }
         if let Some(e) = fatal_error(&spec, &out, 1) {
             return Err(e.into());
         }
@@ -383,71 +643,101 @@ pub async fn fetch_all(
         let mut worst_failures = 0u32;
         let mut failed_steps = 0usize;
         let mut blocked = 0usize;
-        for (&i, sent) in picked.iter().zip(&snapshot) {
-            let key = format!("r{i}");
-            let r = ranges.map.get_mut(&i).expect("in flight");
-            r.busy = false;
+        for (&(k, dir), &(sent_lo, sent_hi)) in picked.iter().zip(&snapshot) {
+            let key = step_key(k, dir);
+            let r = ranges.map.get_mut(&k).expect("in flight");
+            r.busy[dir as usize] = false;
             if out.errors.get(&key).is_some_and(|(code, _)| code == "OPERATION_TIME_LIMIT") {
                 blocked += 1; // not this step's fault: it goes again after the method's reset
                 continue;
             }
             let Some(res) = out.results.remove(&key) else {
                 // failed transiently (or silently dropped): the same step goes again
-                r.failures += 1;
+                r.failures[dir as usize] += 1;
+                let failures = r.failures[dir as usize];
                 client.stats().retries.fetch_add(1, Ordering::Relaxed);
-                if r.failures > spec.max_retries {
+                if failures > spec.max_retries {
                     let why = out.errors.get(&key).map(|(c, d)| format!("{c} ({d})")).unwrap_or_else(|| "no result".into());
                     return Err(PortalError::Transport {
                         method: spec.method.clone(),
-                        message: format!("cursor step for IDs ({}, {}) kept failing: {why}", sent.last, sent.hi),
-                        attempts: r.failures,
+                        message: format!("cursor step for IDs ({sent_lo}, {sent_hi}) kept failing: {why}"),
+                        attempts: failures,
                     }
                     .into());
                 }
-                worst_failures = worst_failures.max(r.failures);
+                worst_failures = worst_failures.max(failures);
                 failed_steps += 1;
                 continue;
             };
-            r.failures = 0;
+            r.failures[dir as usize] = 0;
             let ids = ids_of(&spec.method, &key, &res)?;
-            let mut last = sent.last;
+            let mut prev: Option<i64> = None;
             for (n, id) in ids.iter().enumerate() {
                 let id = id.ok_or_else(|| PortalError::Protocol {
                     method: spec.method.clone(),
                     status: 200,
-                    message: format!("record {n} of the page after ID {} has no numeric ID", sent.last),
+                    message: format!("record {n} of the page for IDs ({sent_lo}, {sent_hi}) has no numeric ID"),
                 })?;
-                if id <= last || id >= sent.hi {
+                let in_order = match (dir, prev) {
+                    (_, None) => true,
+                    (Dir::Up, Some(p)) => id > p,
+                    (Dir::Down, Some(p)) => id < p,
+                };
+                if id <= sent_lo || id >= sent_hi || !in_order {
                     return Err(PortalError::Protocol {
                         method: spec.method.clone(),
                         status: 200,
                         message: format!(
-                            "lead {id} is outside the requested cursor range ({last}, {}) or out of order; the portal ignored the ID filter or order",
-                            sent.hi
+                            "lead {id} is outside the requested cursor range ({sent_lo}, {sent_hi}) or out of order; the portal ignored the ID filter or order"
                         ),
                     }
                     .into());
                 }
-                last = id;
+                prev = Some(id);
             }
+            let full = ids.len() >= PAGE;
             if ids.is_empty() {
                 empty += 1;
-            } else if ids.len() < PAGE {
+            } else if !full {
                 partial += 1;
             }
-            if ids.len() < PAGE {
-                ranges.map.remove(&i); // a short page ends the cursor: the range is exhausted
-                covered.push((sent.last + 1, sent.hi));
-            } else {
-                covered.push((sent.last + 1, last + 1));
-                r.density = Some(PAGE as f64 / (last - sent.last).max(1) as f64);
-                r.last = last;
+            // What this page proves complete, then cut to the part of the range nothing has delivered yet: the
+            // other cursor may have got there first.
+            let (old_lo, old_hi) = (r.lo, r.hi);
+            match (dir, prev) {
+                (Dir::Up, Some(last)) if full => {
+                    r.seen_rows += PAGE as f64;
+                    r.seen_ids += (last - sent_lo) as f64;
+                    r.lo = last.min(r.hi - 1);
+                }
+                (Dir::Up, _) => r.lo = r.hi - 1, // a short page: nothing more above the cursor
+                (Dir::Down, Some(last)) if full => {
+                    r.seen_rows += PAGE as f64;
+                    r.seen_ids += (sent_hi - last) as f64;
+                    r.hi = last.max(r.lo + 1);
+                }
+                (Dir::Down, _) => r.hi = r.lo + 1,
             }
-            if !ids.is_empty() {
-                page_rows += ids.len();
+            r.lo = r.lo.max(old_lo);
+            r.hi = r.hi.min(old_hi);
+            if r.lo > old_lo {
+                covered.push((old_lo + 1, r.lo + 1));
+            }
+            if r.hi < old_hi {
+                covered.push((r.hi, old_hi));
+            }
+            let (new_lo, new_hi) = (r.lo, r.hi);
+            let (res, kept) = keep_rows(res, &ids, |id| match dir {
+                Dir::Up => id > old_lo && id <= new_lo,
+                Dir::Down => id >= new_hi && id < old_hi,
+            })?;
+            dropped += (ids.len() - kept) as u64;
+            if kept > 0 {
+                page_rows += kept;
                 chunks.push(res);
             }
         }
+        ranges.map.retain(|_, r| !(r.done() && r.idle())); // both cursors met and nothing is under way
         if blocked > 0 {
             client.stats().operating_blocks.fetch_add(blocked as u64, Ordering::Relaxed);
             if !client.may_pause() {
@@ -468,22 +758,31 @@ pub async fn fetch_all(
         }
     }
     tracing::debug!(
-        "planner: {batches} batch requests, {commands} list commands ({:.1} per request), {partial} partial and {empty} empty pages, {} ranges in all",
+        "planner: {batches} batch requests, {commands} list commands ({:.1} per request), {partial} partial and {empty} empty pages, {dropped} rows read twice, {} ranges in all",
         commands as f64 / batches.max(1) as f64,
         ranges.next_key
     );
     Ok(fetched)
 }
 
+fn step_key(k: usize, dir: Dir) -> String {
+    match dir {
+        Dir::Up => format!("u{k}"),
+        Dir::Down => format!("d{k}"),
+    }
+}
 
-/// How many batch requests to keep in flight: enough to use the portal's burst, but each in-flight request needs
-/// 50 ranges and each range ends with one partly filled page, so more ranges cost more requests. Aim for about
-/// one range per 12 pages (≈ 8 % extra commands in theory, ≈ 9 % measured at 200,000 leads), at most `max` requests in flight.
-pub fn plan_concurrency(total: Option<u64>, max: usize) -> usize {
-    let max = max.max(1);
-    let Some(total) = total else { return max.min(2) };
+/// Pages per cursor at the start (see [`plan_cursors`]).
+const PAGES_PER_CURSOR: u64 = 6;
+
+/// How many cursors to start with: enough to use the portal's burst — a cursor makes one step per round trip, and
+/// each request carries 50 — but every range (two cursors) ends with one partly filled page, so more cursors cost
+/// more commands. One cursor per 6 pages, at most 50 per request allowed in flight and 50 more ready.
+pub fn plan_cursors(total: Option<u64>, max_inflight: usize) -> usize {
+    let max = BATCH * (max_inflight.max(1) + 1);
+    let Some(total) = total else { return (2 * BATCH).min(max) };
     let pages = total.div_ceil(PAGE as u64);
-    ((pages / 12) as usize / BATCH).clamp(1, max)
+    ((pages / PAGES_PER_CURSOR) as usize).clamp(2, max)
 }
 
 #[cfg(test)]
@@ -491,12 +790,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn concurrency_grows_with_the_portal() {
-        assert_eq!(plan_concurrency(Some(0), 8), 1);
-        assert_eq!(plan_concurrency(Some(20_000), 8), 1);
-        assert_eq!(plan_concurrency(Some(200_000), 8), 6);
-        assert_eq!(plan_concurrency(Some(1_000_000), 8), 8);
-        assert_eq!(plan_concurrency(None, 8), 2);
+    fn cursors_grow_with_the_portal() {
+        assert_eq!(plan_cursors(Some(0), 8), 2);
+        assert_eq!(plan_cursors(Some(20_000), 8), 66);
+        assert_eq!(plan_cursors(Some(200_000), 8), 450);
+        assert_eq!(plan_cursors(Some(1_000_000), 8), 450);
+        assert_eq!(plan_cursors(Some(1_000_000), 1), 100);
+        assert_eq!(plan_cursors(None, 8), 100);
     }
 
     #[test]
@@ -515,13 +815,18 @@ mod tests {
         assert_eq!(c.0, vec![(1, 9)]);
     }
 
+    fn tiles(r: &Ranges) -> Vec<(i64, i64)> {
+        let mut spans: Vec<(i64, i64)> = r.map.values().map(|x| (x.lo + 1, x.hi)).collect();
+        spans.sort();
+        spans
+    }
+
     #[test]
     fn ranges_split_without_overlap() {
         let mut r = Ranges::default();
         r.insert(Range::new(0, 10_001));
         r.refill(50);
-        let mut spans: Vec<(i64, i64)> = r.map.values().map(|x| (x.last + 1, x.hi)).collect();
-        spans.sort();
+        let spans = tiles(&r);
         assert_eq!(spans.len(), 50);
         assert_eq!(spans.first().unwrap().0, 1);
         assert_eq!(spans.last().unwrap().1, 10_001);
@@ -537,10 +842,64 @@ mod tests {
         r.refill(50);
         assert_eq!(r.map.len(), 1, "about 50 leads left: one page");
         let mut dense = Range::new(0, 50_000);
-        dense.density = Some(1.0);
+        dense.seen_rows = 1_000.0;
+        dense.seen_ids = 1_000.0;
         r.map.clear();
         r.insert(dense);
         r.refill(50);
         assert_eq!(r.map.len(), 50);
+    }
+
+    #[test]
+    fn both_cursors_go_only_where_two_pages_are_likely() {
+        let mut r = Ranges::default();
+        r.insert(Range::new(0, 1_000)); // ~999 leads: both cursors
+        r.insert(Range::new(2_000, 2_030)); // ~29 leads: one page ends it
+        let picked = r.pick(50);
+        assert_eq!(picked, vec![(0, Dir::Up), (0, Dir::Down), (1, Dir::Up)]);
+        assert_eq!(r.ready(), 0, "every useful step is under way");
+        // nothing more is picked while the steps are under way, except where more than the pages under way is left
+        let mut big = Ranges::default();
+        big.insert(Range::new(0, 100_000));
+        big.map.get_mut(&0).unwrap().busy = [true, false];
+        assert_eq!(big.pick(50), vec![(0, Dir::Down)]);
+    }
+
+    #[test]
+    fn end_of_run_splits_keep_requests_full() {
+        let mut r = Ranges::default();
+        r.insert(Range::new(0, 2_000)); // ~40 pages in one range: two cursors only
+        assert_eq!(r.ready(), 2);
+        r.split_for(48);
+        assert_eq!(r.ready(), 32, "16 ranges of ~125 leads, two cursors each");
+        let spans = tiles(&r);
+        assert!(spans.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!((spans[0].0, spans.last().unwrap().1), (1, 2_000));
+        // small ranges are not split
+        let mut r = Ranges::default();
+        r.insert(Range::new(0, 120));
+        r.split_for(48);
+        assert_eq!(r.map.len(), 1);
+    }
+
+    #[test]
+    fn pace_mirrors_the_bucket() {
+        let mut p = Pace::new(2.0, 3.0, 1);
+        assert!(p.wait().is_none());
+        p.take();
+        p.take();
+        let w = p.wait().expect("full");
+        assert!(w > std::time::Duration::from_millis(400) && w <= std::time::Duration::from_millis(500), "{w:?}");
+    }
+
+    #[test]
+    fn overlapping_pages_keep_only_new_rows() {
+        let raw = RawValue::from_string(r#"[{"ID":"5"},{"ID":"6"},{"ID":"9"}]"#.into()).unwrap();
+        let ids = vec![Some(5), Some(6), Some(9)];
+        let (kept, n) = keep_rows(raw, &ids, |id| id > 5).unwrap();
+        assert_eq!((kept.get(), n), (r#"[{"ID":"6"},{"ID":"9"}]"#, 2));
+        let raw = RawValue::from_string("[]".into()).unwrap();
+        let (kept, n) = keep_rows(raw, &[], |_| true).unwrap();
+        assert_eq!((kept.get(), n), ("[]", 0));
     }
 }
