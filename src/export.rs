@@ -2,33 +2,46 @@
 //!
 //! Fetching runs on a small tokio runtime; conversion and Parquet encoding run on two plain threads, joined by
 //! bounded channels, so a slow disk slows the fetch instead of filling memory.
+//!
+//! The commit protocol, the same on a local disk and on S3:
+//! 1. Parquet files are written to a local spool folder; at each checkpoint (`--checkpoint-every`) the writer
+//!    finishes its open files, moves them to the run's staging area in the output
+//!    (`OUT/.b24-staging/<run id>/leads/…`), then saves `checkpoint.json` listing them and the ID intervals they
+//!    complete. `--resume` continues the latest interrupted run from there.
+//! 2. When the fetch is complete, the staged files are moved into the dataset (`OUT/leads/…`, renames locally,
+//!    server-side copies on S3), dictionaries and rejects beside it, and the manifest is committed with a
+//!    create-only put (`OUT/_manifests/leads/vNNNNNN.json`).
+//! 3. Only then are the previous snapshot's files, files of failed runs and all staged leftovers removed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::client::{ClientConfig, ClientStats, PortalClient};
 use crate::error::{Error, Result};
-use crate::plan::{self, FetchSpec, Page};
+use crate::plan::{self, Coverage, FetchSpec, Page};
 use crate::progress::Progress;
 use crate::schema;
 use crate::client::auth::AuthConfig;
 use crate::sink::partition::PartitionSpec;
 use crate::sink::manifest::{self, Manifest, ManifestFile};
-use crate::sink::{self, DatasetWriter, FileInfo, SinkConfig};
+use crate::sink::output::{Output, S3Options};
+use crate::sink::{self, DatasetWriter, SinkConfig};
 
 /// Everything an export needs.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// How to reach the portal: webhook or OAuth app.
     pub auth: AuthConfig,
-    /// The output root; the dataset goes to `OUT/leads`.
-    pub out: PathBuf,
+    /// The output root: a local path, `file://…` or `s3://bucket/prefix`; the dataset goes to `OUT/leads`.
+    pub out: String,
+    pub s3: S3Options,
     pub partition: PartitionSpec,
     /// A `crm.lead.list` filter object, combined with the cursor's own conditions.
     pub filter: Map<String, Value>,
@@ -37,21 +50,28 @@ pub struct ExportOptions {
     pub client: ClientConfig,
     /// Batch requests in flight at once.
     pub concurrency: usize,
-    /// Replace an existing dataset (its files are removed after the new one is complete).
+    /// Replace an existing dataset (its files are removed after the new one is committed).
     pub overwrite: bool,
     /// Show progress (a bar on a terminal, log lines otherwise).
     pub progress: bool,
     /// Stop at the first value that does not fit its column, instead of writing NULL and a reject.
     pub strict: bool,
+    /// Continue the latest interrupted run from its last checkpoint.
+    pub resume: bool,
+    /// How often finished files and the fetch progress are checkpointed.
+    pub checkpoint_every: Duration,
 }
 
 /// What an export did.
 #[derive(Debug)]
 pub struct ExportSummary {
-    pub dataset: PathBuf,
+    /// Where the dataset is, as a reader names it (a path or an `s3://` URL).
+    pub dataset: String,
     pub run_id: String,
     pub leads: u64,
-    pub files: Vec<FileInfo>,
+    /// Leads an interrupted run had already exported when this run resumed it.
+    pub resumed_leads: u64,
+    pub files: Vec<ManifestFile>,
     pub bytes: u64,
     pub requests: u64,
     pub retries: u64,
@@ -59,31 +79,65 @@ pub struct ExportSummary {
     pub paused_secs: f64,
     pub operating_blocks: u64,
     pub seconds: f64,
-    /// Files of a previous dataset removed by `--overwrite`.
+    /// Files of a previous snapshot (or of failed runs) removed after the commit.
     pub replaced: usize,
     /// The version of the committed manifest (`OUT/_manifests/leads/vNNNNNN.json`).
     pub manifest_version: u64,
     /// Values that did not fit their column (now NULL), per field.
     pub rejects: BTreeMap<String, u64>,
     /// Where the rejected values are listed, when there are any.
-    pub rejects_file: Option<PathBuf>,
+    pub rejects_file: Option<String>,
 }
 
 pub const DATASET: &str = "leads";
-/// Unpublished files of runs in progress, beside the datasets: `OUT/.b24-staging/<run id>/`.
+/// Runs in progress and their checkpoints, beside the datasets: `OUT/.b24-staging/<run id>/…`.
 pub const STAGING: &str = ".b24-staging";
 /// Labels and dictionaries: `OUT/_dict/<table>/<dataset>.parquet`.
 pub const DICT: &str = "_dict";
 /// Rejected values: `OUT/_rejects/<dataset>.jsonl`.
 pub const REJECTS: &str = "_rejects";
+const LOCK: &str = "lock";
 
 fn new_run_id() -> String {
     format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), fastrand::u16(..))
 }
 
-/// Checks the output before any request: the dataset must not exist (unless overwriting) and must be writable.
-/// One export per output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that writes.
-/// A lock whose process is gone (a killed run) is taken over, and that run's leftovers are dropped.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The progress of a run, saved under `OUT/.b24-staging/<run id>/checkpoint.json`: which IDs are done and which
+/// staged files hold them. Everything it lists is complete; anything else in the run's staging area is not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    format: u32,
+    run_id: String,
+    started_at: String,
+    /// What the run was asked for: a resumed run must ask for the same.
+    select: Option<Vec<String>>,
+    filter: Value,
+    partition_by: String,
+    schema_fingerprint: String,
+    /// ID intervals fully exported.
+    covered: Coverage,
+    /// Finished files in `staging/leads/`, relative to the dataset.
+    files: Vec<ManifestFile>,
+    rows: u64,
+    /// Highest DATE_MODIFY so far, in microseconds since the epoch.
+    max_date_modify: Option<i64>,
+    rejects: BTreeMap<String, u64>,
+    /// Rejects files in `staging/_rejects/`, in order.
+    reject_segments: Vec<String>,
+    next_seq: u64,
+}
+
+fn staging_of(run_id: &str) -> String {
+    format!("{STAGING}/{run_id}")
+}
+
+/// One export per local output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that
+/// writes. A lock whose process is gone (a killed run) is taken over. (Object stores have no such lock: the
+/// create-only manifest put still refuses a second commit of the same version.)
 struct OutputLock {
     path: PathBuf,
 }
@@ -91,7 +145,7 @@ struct OutputLock {
 impl OutputLock {
     fn take(out: &std::path::Path) -> Result<OutputLock> {
         let staging = out.join(STAGING);
-        let path = staging.join("lock");
+        let path = staging.join(LOCK);
         if let Ok(text) = std::fs::read_to_string(&path) {
             let pid: u32 = text.trim().parse().unwrap_or(0);
             let alive = pid != 0 && pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists();
@@ -101,12 +155,12 @@ impl OutputLock {
                     out.display()
                 )));
             }
+            let _ = std::fs::remove_file(&path); // a killed run's lock; its staged work stays for --resume
         }
-        // leftovers of runs that were killed: never published, safe to drop
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        }
-        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let unwritable = |e: std::io::Error| {
+            Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", out.display()))
+        };
+        std::fs::create_dir_all(&staging).map_err(unwritable)?;
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
             Error::Usage(format!("another export is starting in {} ({e}); run one export per --out at a time", out.display()))
         })?;
@@ -116,49 +170,154 @@ impl OutputLock {
 }
 
 impl Drop for OutputLock {
-    /// The staging area belongs to the lock holder: whatever is left in it when the run ends (an error on any
-    /// path) was never published and is dropped with the lock.
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
         if let Some(staging) = self.path.parent() {
-            let _ = std::fs::remove_dir_all(staging);
+            let _ = std::fs::remove_dir(staging); // only if nothing is staged
         }
     }
 }
 
-fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let dataset = opts.out.join(DATASET);
-    let existing = sink::list_dataset_files(&dataset)?;
-    let published = existing.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
-    if published > 0 && !opts.overwrite {
-        return Err(Error::Usage(format!(
-            "{} already holds a dataset ({published} Parquet files); pass --overwrite to replace it, or choose another --out",
-            dataset.display()
-        )));
+/// The most recent interrupted run that left a checkpoint, if any.
+async fn find_checkpoint(out: &Output) -> Result<Option<Checkpoint>> {
+    let mut runs: Vec<String> = out
+        .list(STAGING)
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_suffix("/checkpoint.json").map(str::to_string))
+        .collect();
+    runs.sort();
+    let Some(latest) = runs.pop() else { return Ok(None) };
+    let key = format!("{latest}/checkpoint.json");
+    let Some(bytes) = out.get(&key).await? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("{} is not a readable checkpoint: {e}", out.display(&key))))
+}
+
+/// Removes every object under `prefix` for which `drop` says so.
+async fn delete_where(out: &Output, prefix: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
+    let mut n = 0;
+    for (key, _) in out.list(prefix).await? {
+        if drop(&key) {
+            out.delete(&key).await?;
+            n += 1;
+        }
     }
-    let unwritable = |e: std::io::Error| {
-        Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", opts.out.display()))
-    };
-    std::fs::create_dir_all(&dataset).map_err(unwritable)?;
-    let probe = dataset.join(".b24-export-write-check");
-    std::fs::write(&probe, b"ok").map_err(unwritable)?;
-    let _ = std::fs::remove_file(&probe);
-    Ok((dataset, existing))
+    Ok(n)
+}
+
+/// What flows from the converter to the writer: a page's rows, its rejected values and the IDs it completes.
+struct Converted {
+    batch: RecordBatch,
+    rejects: Vec<crate::convert::Reject>,
+    covered: Vec<(i64, i64)>,
+}
+
+/// The writer thread's state: Parquet files, rejects and the checkpoint that describes them.
+struct RunWriter {
+    w: DatasetWriter,
+    out: Arc<Output>,
+    rt: tokio::runtime::Handle,
+    staging: String,
+    spool: PathBuf,
+    rejects: RejectsLog,
+    ckpt: Checkpoint,
+    /// Whether a checkpoint exists in the output (written by this run or the one it resumes).
+    saved: Arc<std::sync::atomic::AtomicBool>,
+    last: Instant,
+    every: Duration,
+}
+
+impl RunWriter {
+    fn add(&mut self, c: Converted) -> Result<()> {
+        self.ckpt.max_date_modify = self.ckpt.max_date_modify.max(max_timestamp(&c.batch, "date_modify"));
+        self.w.write(&c.batch)?;
+        self.rejects.add(&c.rejects)?;
+        self.ckpt.rows += c.batch.num_rows() as u64;
+        for (lo, hi) in c.covered {
+            self.ckpt.covered.add(lo, hi);
+        }
+        if self.last.elapsed() >= self.every {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes every open file, moves the new ones to the output's staging area, then saves the checkpoint
+    /// that lists them (one atomic put): a run killed at any moment resumes from the last one saved.
+    fn checkpoint(&mut self) -> Result<()> {
+        let files = self.w.flush_files()?;
+        for f in files {
+            let key = format!("{}/{DATASET}/{}", self.staging, f.path);
+            self.rt.block_on(self.out.put_file(&self.spool.join(DATASET).join(&f.path), &key))?;
+            self.ckpt.files.push(ManifestFile { path: f.path, rows: f.rows, bytes: f.bytes });
+        }
+        if let Some(name) = self.rejects.close_segment()? {
+            let key = format!("{}/{REJECTS}/{name}", self.staging);
+            self.rt.block_on(self.out.put_file(&self.rejects.dir.join(&name), &key))?;
+            self.ckpt.reject_segments.push(name);
+        }
+        self.ckpt.rejects = self.rejects.counts.clone();
+        self.ckpt.next_seq = self.w.next_seq();
+        let text = serde_json::to_vec_pretty(&self.ckpt).map_err(|e| Error::Internal(e.to_string()))?;
+        self.rt.block_on(self.out.put_bytes(&format!("{}/checkpoint.json", self.staging), text))?;
+        self.saved.store(true, Ordering::Relaxed);
+        self.last = Instant::now();
+        tracing::debug!("checkpoint: {} leads in {} files", self.ckpt.rows, self.ckpt.files.len());
+        Ok(())
+    }
 }
 
 /// Runs a whole export. Blocking: it owns its runtime and threads.
 pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
-    let started_at = chrono::Utc::now();
-    let (dataset, previous) = prepare_output(&opts)?;
-    let _lock = OutputLock::take(&opts.out)?;
-    let run_id = new_run_id();
-    let stats = Arc::new(ClientStats::default());
-    let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
+    let _lock = match &*out {
+        Output::Local { root } => Some(OutputLock::take(root)?),
+        Output::S3 { .. } => None,
+    };
+
+    // the output, before any request to the portal: what is there, and can we write?
+    let existing: Vec<String> =
+        rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
+    if !existing.is_empty() && !opts.overwrite {
+        return Err(Error::Usage(format!(
+            "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, or choose another --out",
+            out.display(DATASET),
+            existing.len()
+        )));
+    }
+    let check = format!("{STAGING}/.write-check-{}-{:04x}", std::process::id(), fastrand::u16(..));
+    rt.block_on(async {
+        out.put_bytes(&check, b"ok".to_vec()).await?;
+        out.delete(&check).await
+    })?;
+    let interrupted = rt.block_on(find_checkpoint(&out))?;
+    let resumed = match (opts.resume, interrupted) {
+        (true, Some(c)) => Some(c),
+        (true, None) => {
+            tracing::warn!("--resume: no interrupted run to continue in {}; starting a new one", out.display(""));
+            None
+        }
+        (false, Some(c)) => {
+            tracing::warn!(
+                "an interrupted run ({}, {} leads) could be continued with --resume; starting a new run instead (the old run's leftovers are removed when this one commits)",
+                c.run_id,
+                c.rows
+            );
+            None
+        }
+        (false, None) => None,
+    };
+
+    let stats = Arc::new(ClientStats::default());
+    let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
 
     // 1. field metadata → columns
     let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
@@ -171,6 +330,97 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         }
     }
     let arrow_schema = schema::arrow_schema(&cols);
+    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
+    let fresh = Checkpoint {
+        format: 1,
+        run_id: new_run_id(),
+        started_at: now_rfc3339(),
+        select: opts.select.clone(),
+        filter: Value::Object(opts.filter.clone()),
+        partition_by: opts.partition.name().into(),
+        schema_fingerprint: fingerprint.clone(),
+        covered: Coverage::default(),
+        files: Vec::new(),
+        rows: 0,
+        max_date_modify: None,
+        rejects: BTreeMap::new(),
+        reject_segments: Vec::new(),
+        next_seq: 0,
+    };
+    let ckpt = match resumed {
+        Some(c) => {
+            let differs = [
+                (c.select != fresh.select, "--select"),
+                (c.filter != fresh.filter, "--filter"),
+                (c.partition_by != fresh.partition_by, "--partition-by"),
+                (c.schema_fingerprint != fresh.schema_fingerprint, "the portal's fields"),
+            ];
+            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+                return Err(Error::Usage(format!(
+                    "cannot --resume run {}: {what} changed since it started; run without --resume to start over",
+                    c.run_id
+                )));
+            }
+            tracing::info!("resuming run {} from its checkpoint: {} leads in {} files already exported", c.run_id, c.rows, c.files.len());
+            c
+        }
+        None => fresh,
+    };
+    let run_id = ckpt.run_id.clone();
+    let resumed_leads = ckpt.rows;
+    let staging = staging_of(&run_id);
+    let saved = Arc::new(std::sync::atomic::AtomicBool::new(resumed_leads > 0 || !ckpt.covered.0.is_empty()));
+    let spool = match &*out {
+        Output::Local { root } => root.join(&staging).join("spool"),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}-{}", std::process::id())),
+    };
+    let result = export_run(&opts, &rt, &out, &client, &stats, filter, cols, arrow_schema, ckpt, &spool, saved.clone(), existing);
+    let _ = std::fs::remove_dir_all(&spool);
+    match result {
+        Ok(mut summary) => {
+            summary.resumed_leads = resumed_leads;
+            summary.seconds = started.elapsed().as_secs_f64();
+            Ok(summary)
+        }
+        Err(e) => {
+            if saved.load(Ordering::Relaxed) {
+                tracing::warn!("run {run_id} stopped; its progress up to the last checkpoint is kept in {}: rerun the same command with --resume to continue", out.display(&staging));
+            } else {
+                let _ = rt.block_on(out.clear(&staging, &[]));
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn export_run(
+    opts: &ExportOptions,
+    rt: &tokio::runtime::Runtime,
+    out: &Arc<Output>,
+    client: &Arc<PortalClient>,
+    stats: &Arc<ClientStats>,
+    filter: Map<String, Value>,
+    cols: Vec<schema::Column>,
+    arrow_schema: arrow_schema::SchemaRef,
+    ckpt: Checkpoint,
+    spool: &std::path::Path,
+    saved: Arc<std::sync::atomic::AtomicBool>,
+    existing: Vec<String>,
+) -> Result<ExportSummary> {
+    let run_id = ckpt.run_id.clone();
+    let staging = staging_of(&run_id);
+    let _ = std::fs::remove_dir_all(spool); // a killed run's unfinished local files
+    std::fs::create_dir_all(spool).map_err(|e| Error::io(spool, e))?;
+    // staged files that no checkpoint lists were being written when the run stopped: drop them
+    let listed: std::collections::HashSet<String> = ckpt
+        .files
+        .iter()
+        .map(|f| format!("{staging}/{DATASET}/{}", f.path))
+        .chain(ckpt.reject_segments.iter().map(|r| format!("{staging}/{REJECTS}/{r}")))
+        .collect();
+    rt.block_on(delete_where(out, &staging, |k| !listed.contains(k) && !k.ends_with("/checkpoint.json") && !k.contains("/spool/")))?;
+
     let spec = Arc::new(FetchSpec {
         method: "crm.lead.list".into(),
         select: schema::request_select(&cols, opts.select.is_none()),
@@ -178,198 +428,229 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         concurrency: opts.concurrency,
         max_retries: opts.client.max_retries,
     });
-    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", client.portal_display(), dataset.display(), cols.len());
-    let staging_run = opts.out.join(STAGING).join(&run_id);
+    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", client.portal_display(), out.display(DATASET), cols.len());
 
-    // labels and dictionaries, staged beside the dataset
-    let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
+    // labels and dictionaries, staged with the run
+    let statuses = rt.block_on(crate::dict::fetch_statuses(client, &cols))?;
     let dict_tables = [
         ("fields", crate::dict::fields_table(DATASET, &cols)?),
         ("enum_items", crate::dict::enum_items_table(DATASET, &cols)?),
         ("statuses", crate::dict::statuses_table(&statuses)?),
     ];
-    let mut side_files: Vec<(PathBuf, PathBuf)> = Vec::new(); // (staged, published)
+    let mut side_files: Vec<(String, String)> = Vec::new(); // (staged key, published key)
     for (name, table) in &dict_tables {
-        let staged = staging_run.join(DICT).join(name).join(format!("{DATASET}.parquet.staged"));
-        sink::write_table(&staged, table)?;
-        side_files.push((staged, opts.out.join(DICT).join(name).join(format!("{DATASET}.parquet"))));
+        let rel = format!("{DICT}/{name}/{DATASET}.parquet");
+        let local = spool.join(&rel);
+        sink::write_table(&local, table)?;
+        rt.block_on(out.put_file(&local, &format!("{staging}/{rel}")))?;
+        side_files.push((format!("{staging}/{rel}"), rel));
     }
 
     // 2. pipeline threads: convert → write
     let progress = Progress::new(stats.clone(), opts.progress);
+    progress.add_leads(ckpt.rows);
+    progress.add_written(ckpt.rows);
     let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(2);
-    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<RecordBatch>(2);
+    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Converted>(2);
     let conv_schema = arrow_schema.clone();
     let strict = opts.strict;
-    let rejects_staged = staging_run.join(REJECTS).join(format!("{DATASET}.jsonl.staged"));
-    let mut rejects_log = RejectsLog::new(rejects_staged.clone());
+    let conv_cols = cols.clone();
     let converter = std::thread::Builder::new()
         .name("convert".into())
-        .spawn(move || -> Result<RejectsLog> {
+        .spawn(move || -> Result<()> {
             while let Some(page) = page_rx.blocking_recv() {
-                let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &cols, &conv_schema, strict)?;
-                rejects_log.add(&rejects)?;
-                if batch_tx.send(batch).is_err() {
+                let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
+                if batch_tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
                     break; // the writer failed; it reports why
                 }
             }
-            rejects_log.close()?;
-            Ok(rejects_log)
+            Ok(())
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
-    let sink_cfg = SinkConfig::new(staging_run.join(DATASET), run_id.clone(), opts.partition.clone());
+    let mut sink_cfg = SinkConfig::new(spool.join(DATASET), run_id.clone(), opts.partition.clone());
+    sink_cfg.first_seq = ckpt.next_seq;
+    let done = ckpt.covered.clone();
+    let before = ckpt.rows;
+    let mut rw = RunWriter {
+        w: DatasetWriter::new(sink_cfg, &arrow_schema)?,
+        out: out.clone(),
+        rt: rt.handle().clone(),
+        staging: staging.clone(),
+        spool: spool.to_path_buf(),
+        rejects: RejectsLog::new(spool.join(REJECTS), ckpt.reject_segments.len(), ckpt.rejects.clone()),
+        ckpt,
+        saved,
+        last: Instant::now(),
+        every: opts.checkpoint_every,
+    };
     let writer_progress = progress.clone();
-    let writer_schema = arrow_schema.clone();
     let writer = std::thread::Builder::new()
         .name("write".into())
-        .spawn(move || -> Result<(Vec<FileInfo>, Option<i64>)> {
-            let mut w = DatasetWriter::new(sink_cfg, &writer_schema)?;
-            let mut max_modify: Option<i64> = None;
-            for batch in batch_rx {
-                max_modify = max_modify.max(max_timestamp(&batch, "date_modify"));
-                if let Err(e) = w.write(&batch) {
-                    w.abort();
-                    return Err(e);
-                }
-                writer_progress.add_written(batch.num_rows() as u64);
+        .spawn(move || -> Result<Checkpoint> {
+            for c in batch_rx {
+                let n = c.batch.num_rows() as u64;
+                rw.add(c)?;
+                writer_progress.add_written(n);
             }
-            Ok((w.finish()?, max_modify))
+            rw.checkpoint()?; // the last one: everything fetched is staged
+            Ok(rw.ckpt)
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
 
     // 3. fetch
-    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, &plan::Coverage::default(), page_tx, progress.clone()));
+    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, &done, page_tx, progress.clone()));
     let converted = converter.join().unwrap_or_else(|_| Err(Error::Internal("the converter panicked".into())));
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();
-    let outcome = match (fetched, converted, written) {
-        (Ok(n), Ok(rejects), Ok((files, max_modify))) => Ok((n, rejects, files, max_modify)),
+    let ckpt = match (fetched, converted, written) {
+        (Ok(n), Ok(()), Ok(c)) => {
+            let staged: u64 = c.files.iter().map(|f| f.rows).sum();
+            if staged != c.rows || c.rows != before + n {
+                return Err(Error::Internal(format!("fetched {n} leads (and {before} before resuming) but staged {staged} rows")));
+            }
+            c
+        }
         // a conversion or write error closes the channels, so it explains a fetch that "stopped"
-        (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-        (Err(e), _, _) => Err(e),
-    };
-    let checked = outcome.and_then(|(leads, rejects, files, max_modify)| {
-        let written_rows: u64 = files.iter().map(|f| f.rows).sum();
-        if written_rows != leads {
-            return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
-        }
-        Ok((leads, rejects, files, max_modify))
-    });
-    let (leads, rejects, files, max_modify) = match checked {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging_run); // a failed run publishes nothing
-            return Err(e);
-        }
+        (_, Err(e), _) | (_, _, Err(e)) => return Err(e),
+        (Err(e), _, _) => return Err(e),
     };
 
-    // 4. the run is complete: publish its files, commit its manifest, then remove the dataset it replaces
+    // 4. the run is complete: publish its files, commit its manifest, then remove what it replaces
     let mut manifest = Manifest {
         format: 1,
         dataset: DATASET.into(),
         version: 0,
         run_id: run_id.clone(),
-        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started_at: ckpt.started_at.clone(),
+        finished_at: now_rfc3339(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         source: client.portal_display(),
         select: opts.select.clone(),
         filter: Value::Object(opts.filter.clone()),
         partition_by: opts.partition.name().into(),
         partition_column: opts.partition.key_name().map(str::to_string),
-        files: files.iter().map(|f| ManifestFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
-        total_rows: leads,
-        schema_fingerprint: arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default(),
-        max_date_modify: max_modify
+        files: ckpt.files.clone(),
+        total_rows: ckpt.rows,
+        schema_fingerprint: ckpt.schema_fingerprint.clone(),
+        max_date_modify: ckpt
+            .max_date_modify
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     };
-    // dictionaries and rejects describe the new data: put them in place with it, before the commit
-    let rejects_file = opts.out.join(REJECTS).join(format!("{DATASET}.jsonl"));
-    if rejects.total() > 0 {
-        side_files.push((rejects_staged, rejects_file.clone()));
-    }
-    let committed = sink::publish(&staging_run.join(DATASET), &dataset, &files)
-        .and_then(|()| side_files.iter().try_for_each(|(staged, published)| sink::publish_file(staged, published)))
-        .and_then(|()| manifest::commit(&manifest::dir(&opts.out, DATASET), &mut manifest));
-    if let Err(e) = committed {
-        remove_run_files(&dataset, &run_id);
-        let _ = std::fs::remove_dir_all(&staging_run);
+    let rejects_total: u64 = ckpt.rejects.values().sum();
+    let rejects_key = format!("{REJECTS}/{DATASET}.jsonl");
+    let publish = async {
+        for f in &ckpt.files {
+            out.rename(&format!("{staging}/{DATASET}/{}", f.path), &format!("{DATASET}/{}", f.path)).await?;
+        }
+        // dictionaries and rejects describe the new data: put them in place with it, before the commit
+        for (staged, published) in &side_files {
+            out.rename(staged, published).await?;
+        }
+        if rejects_total > 0 {
+            let local = spool.join(format!("{DATASET}.jsonl"));
+            let mut file = std::fs::File::create(&local).map_err(|e| Error::io(&local, e))?;
+            for seg in &ckpt.reject_segments {
+                out.copy_to(&format!("{staging}/{REJECTS}/{seg}"), &mut file).await?;
+            }
+            file.sync_all().map_err(|e| Error::io(&local, e))?;
+            drop(file);
+            out.put_file(&local, &rejects_key).await?;
+        }
+        manifest::commit(out, &mut manifest).await
+    };
+    if let Err(e) = rt.block_on(publish) {
+        // not committed: take back what was published, so the dataset stays the previous snapshot
+        let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+        let _ = rt.block_on(async {
+            for k in &ours {
+                let _ = out.delete(k).await;
+            }
+        });
+        let _ = rt.block_on(out.clear(&staging, &[]));
         return Err(e);
     }
+
     // committed: what follows is cleanup, and each step is tried whatever the others do
-    if rejects.total() == 0 && rejects_file.exists() {
-        if let Err(e) = std::fs::remove_file(&rejects_file) {
-            tracing::warn!("could not remove the stale {}: {e}", rejects_file.display());
+    let keep: std::collections::HashSet<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+    let cleanup = async {
+        if rejects_total == 0 {
+            out.delete(&rejects_key).await?;
         }
-    }
-    let _ = std::fs::remove_dir_all(&staging_run);
-    let replaced = previous.len();
-    if let Err(e) = sink::remove_files(&dataset, &previous) {
-        tracing::warn!("snapshot v{:06} is committed, but files of the previous one could not be removed ({e}); `b24-export sql` reads only the new one", manifest.version);
-    }
+        // the previous snapshot, and files of failed runs, in the dataset
+        let old = delete_where(out, DATASET, |k| k.ends_with(".parquet") && !keep.contains(k)).await?;
+        // staged work of this run and of interrupted ones
+        out.clear(STAGING, &[LOCK]).await?;
+        Ok::<usize, Error>(old)
+    };
+    let replaced = match rt.block_on(cleanup) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("snapshot v{:06} is committed, but cleaning up after it failed ({e}); `b24-export sql` reads only the new snapshot", manifest.version);
+            existing.len()
+        }
+    };
+    let rejects_file = (rejects_total > 0).then(|| out.display(&rejects_key));
     Ok(ExportSummary {
-        dataset,
+        dataset: out.display(DATASET),
         run_id,
-        leads,
-        bytes: files.iter().map(|f| f.bytes).sum(),
-        files,
+        leads: ckpt.rows,
+        resumed_leads: 0,
+        bytes: ckpt.files.iter().map(|f| f.bytes).sum(),
+        files: ckpt.files,
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
         paused_secs: stats.paused_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         operating_blocks: stats.operating_blocks.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
         replaced,
         manifest_version: manifest.version,
-        rejects: rejects.counts,
-        rejects_file: (rejects.total > 0).then_some(rejects_file),
+        rejects: ckpt.rejects,
+        rejects_file,
     })
 }
 
-/// Values that did not fit their column: counted per field and streamed to a JSON-lines file, so their number
-/// does not cost memory.
+/// Values that did not fit their column: counted per field and streamed to JSON-lines files, one segment per
+/// checkpoint, so their number does not cost memory and a resumed run keeps those already staged.
 struct RejectsLog {
-    path: PathBuf,
-    out: Option<std::io::BufWriter<std::fs::File>>,
+    dir: PathBuf,
+    next: usize,
+    out: Option<(String, std::io::BufWriter<std::fs::File>)>,
     counts: BTreeMap<String, u64>,
-    total: u64,
 }
 
 impl RejectsLog {
-    fn new(path: PathBuf) -> Self {
-        RejectsLog { path, out: None, counts: BTreeMap::new(), total: 0 }
-    }
-
-    fn total(&self) -> u64 {
-        self.total
+    fn new(dir: PathBuf, next: usize, counts: BTreeMap<String, u64>) -> Self {
+        RejectsLog { dir, next, out: None, counts }
     }
 
     fn add(&mut self, rejects: &[crate::convert::Reject]) -> Result<()> {
         use std::io::Write;
         for r in rejects {
             if self.out.is_none() {
-                if let Some(parent) = self.path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-                }
-                let f = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
-                self.out = Some(std::io::BufWriter::new(f));
+                std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                self.next += 1;
+                let name = format!("part-{:05}.jsonl", self.next);
+                let path = self.dir.join(&name);
+                let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+                self.out = Some((name, std::io::BufWriter::new(f)));
             }
             let line = serde_json::to_string(r).map_err(|e| Error::Internal(e.to_string()))?;
-            let out = self.out.as_mut().expect("opened");
-            writeln!(out, "{line}").map_err(|e| Error::io(&self.path, e))?;
+            let (name, out) = self.out.as_mut().expect("opened");
+            writeln!(out, "{line}").map_err(|e| Error::io(self.dir.join(name.as_str()), e))?;
             *self.counts.entry(r.field.clone()).or_default() += 1;
-            self.total += 1;
         }
         Ok(())
     }
 
-    fn close(&mut self) -> Result<()> {
+    /// Closes the current segment, if any, and returns its file name.
+    fn close_segment(&mut self) -> Result<Option<String>> {
         use std::io::Write;
-        if let Some(mut out) = self.out.take() {
-            out.flush().map_err(|e| Error::io(&self.path, e))?;
-            out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))?;
-        }
-        Ok(())
+        let Some((name, mut out)) = self.out.take() else { return Ok(None) };
+        let path = self.dir.join(&name);
+        out.flush().map_err(|e| Error::io(&path, e))?;
+        out.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+        Ok(Some(name))
     }
 }
 
@@ -379,17 +660,6 @@ fn max_timestamp(batch: &RecordBatch, column: &str) -> Option<i64> {
     let col = batch.column_by_name(column)?;
     let ts = col.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()?;
     ts.iter().flatten().max()
-}
-
-/// Best-effort removal of a failed run's files, so a failed run leaves the previous dataset as it was.
-fn remove_run_files(dataset: &std::path::Path, run_id: &str) {
-    if let Ok(files) = sink::list_dataset_files(dataset) {
-        let ours: Vec<PathBuf> = files
-            .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(run_id)))
-            .collect();
-        let _ = sink::remove_files(dataset, &ours);
-    }
 }
 
 /// The columns an export would write, from the portal's field metadata (for `b24-export schema`).
@@ -404,10 +674,10 @@ pub fn portal_columns(auth: &AuthConfig, client: ClientConfig, select: Option<&[
     schema::build_columns(&meta, select, &[])
 }
 
-/// A DuckDB query that reads the dataset.
-pub fn duckdb_query(dataset: &std::path::Path) -> String {
+/// A DuckDB query that reads every Parquet file of the dataset (what a plain glob sees).
+pub fn duckdb_query(dataset: &str) -> String {
     format!(
         "SELECT count(*) FROM read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true);",
-        dataset.display().to_string().replace('\'', "''")
+        dataset.replace('\'', "''")
     )
 }
