@@ -30,7 +30,8 @@ use crate::progress::Progress;
 use crate::schema;
 use crate::client::auth::AuthConfig;
 use crate::sink::partition::PartitionSpec;
-use crate::sink::manifest::{self, Manifest, ManifestFile};
+use crate::sink::manifest::{self, Changes, Manifest, ManifestFile};
+use crate::sink::merge::{self, Index};
 use crate::sink::output::{Output, S3Options};
 use crate::sink::{self, DatasetWriter, SinkConfig};
 
@@ -60,6 +61,19 @@ pub struct ExportOptions {
     pub resume: bool,
     /// How often finished files and the fetch progress are checkpointed.
     pub checkpoint_every: Duration,
+    /// Merge only what changed since the last committed snapshot into it.
+    pub incremental: Option<IncrementalOptions>,
+}
+
+/// `--incremental` and its options.
+#[derive(Debug, Clone)]
+pub struct IncrementalOptions {
+    /// `--since`: the watermark to use instead of the last manifest's highest DATE_MODIFY (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// `--overlap`: fetch from this much before the watermark (clocks differ, times have second precision).
+    pub overlap: Duration,
+    /// `--detect-deletes`: list every ID the portal has and remove rows of leads it no longer has.
+    pub detect_deletes: bool,
 }
 
 /// What an export did.
@@ -87,6 +101,8 @@ pub struct ExportSummary {
     pub rejects: BTreeMap<String, u64>,
     /// Where the rejected values are listed, when there are any.
     pub rejects_file: Option<String>,
+    /// What an incremental run changed.
+    pub changes: Option<Changes>,
 }
 
 pub const DATASET: &str = "leads";
@@ -129,6 +145,9 @@ struct Checkpoint {
     /// Rejects files in `staging/_rejects/`, in order.
     reject_segments: Vec<String>,
     next_seq: u64,
+    /// An incremental run is not resumed: the next one starts again from the last committed watermark.
+    #[serde(default)]
+    incremental: bool,
 }
 
 fn staging_of(run_id: &str) -> String {
@@ -227,10 +246,63 @@ struct RunWriter {
     saved: Arc<std::sync::atomic::AtomicBool>,
     last: Instant,
     every: Duration,
+    /// Incremental: the committed snapshot's leads, and what this run does to them.
+    known: Option<Arc<Index>>,
+    tally: Tally,
+}
+
+/// What an incremental run found so far.
+#[derive(Debug, Default)]
+struct Tally {
+    inserted: u64,
+    updated: u64,
+    refetched_unchanged: u64,
+    /// IDs whose row in the snapshot is replaced, and the snapshot's files that hold them (by manifest index).
+    replaced: std::collections::HashSet<i64>,
+    touched: std::collections::BTreeSet<u32>,
 }
 
 impl RunWriter {
+    /// Incremental: drops leads fetched again with the DATE_MODIFY the snapshot already holds (the overlap), and
+    /// notes which leads are new and which replace a row of the snapshot.
+    fn against_snapshot(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        use arrow_array::cast::AsArray;
+        let Some(known) = &self.known else { return Ok(batch) };
+        let ids = batch.column_by_name("id").and_then(|c| c.as_primitive_opt::<arrow_array::types::Int64Type>());
+        let Some(ids) = ids else { return Err(Error::Internal("an incremental batch without an id column".into())) };
+        let modified = batch
+            .column_by_name("date_modify")
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>());
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let id = ids.value(i);
+            let m = modified.and_then(|m| arrow_array::Array::is_valid(m, i).then(|| m.value(i)));
+            match known.rows.get(&id) {
+                None => {
+                    self.tally.inserted += 1;
+                    keep.push(true);
+                }
+                Some((_, old)) if *old == m && m.is_some() => {
+                    self.tally.refetched_unchanged += 1;
+                    keep.push(false);
+                }
+                Some((file, _)) => {
+                    self.tally.updated += 1;
+                    self.tally.replaced.insert(id);
+                    self.tally.touched.insert(*file);
+                    keep.push(true);
+                }
+            }
+        }
+        if keep.iter().all(|k| *k) {
+            return Ok(batch);
+        }
+        Ok(arrow_select::filter::filter_record_batch(&batch, &arrow_array::BooleanArray::from(keep))?)
+    }
+
     fn add(&mut self, c: Converted) -> Result<()> {
+        let batch = self.against_snapshot(c.batch)?;
+        let c = Converted { batch, ..c };
         self.ckpt.max_date_modify = self.ckpt.max_date_modify.max(max_timestamp(&c.batch, "date_modify"));
         self.w.write(&c.batch)?;
         self.rejects.add(&c.rejects)?;
@@ -286,9 +358,14 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     // the output, before any request to the portal: what is there, and can we write?
     let existing: Vec<String> =
         rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
-    if !existing.is_empty() && !opts.overwrite {
+    // an incremental run merges into the latest committed snapshot (the first one is a full snapshot)
+    let base = match &opts.incremental {
+        Some(_) => rt.block_on(manifest::latest(&out, DATASET))?,
+        None => None,
+    };
+    if !existing.is_empty() && !opts.overwrite && base.is_none() {
         return Err(Error::Usage(format!(
-            "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, or choose another --out",
+            "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, --incremental to merge changes into it, or choose another --out",
             out.display(DATASET),
             existing.len()
         )));
@@ -300,6 +377,10 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     })?;
     let interrupted = rt.block_on(find_checkpoint(&out))?;
     let resumed = match (opts.resume, interrupted) {
+        (_, Some(c)) if c.incremental => {
+            tracing::info!("an interrupted incremental run ({}) is not resumed: this run starts again from the last committed watermark", c.run_id);
+            None
+        }
         (true, Some(c)) => Some(c),
         (true, None) => {
             tracing::warn!("--resume: no interrupted run to continue in {}; starting a new one", out.display(""));
@@ -321,8 +402,11 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
 
     // 1. field metadata → columns
     let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
-    let filter = schema::canonical_filter(&opts.filter, &meta)?;
-    let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    let mut filter = schema::canonical_filter(&opts.filter, &meta)?;
+    let mut required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    if opts.incremental.is_some() {
+        required.push("DATE_MODIFY"); // the watermark, and how a changed lead is told from one fetched again
+    }
     let cols = schema::build_columns(&meta, opts.select.as_deref(), &required)?;
     for r in &required {
         if !cols.iter().any(|c| c.source == *r) {
@@ -346,6 +430,44 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         rejects: BTreeMap::new(),
         reject_segments: Vec::new(),
         next_seq: 0,
+        incremental: base.is_some(),
+    };
+    // incremental: the snapshot it merges into must have been asked for the same way
+    let base = match (base, &opts.incremental) {
+        (Some(b), Some(inc)) => {
+            let differs = [
+                (b.select != fresh.select, "--select"),
+                (b.filter != fresh.filter, "--filter"),
+                (b.partition_by != fresh.partition_by, "--partition-by"),
+                (b.schema_fingerprint != fresh.schema_fingerprint, "the portal's fields"),
+            ];
+            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+                return Err(Error::Usage(format!(
+                    "cannot merge into snapshot v{:06}: {what} differs from the run that wrote it; export a full snapshot with --overwrite (without --incremental)",
+                    b.version
+                )));
+            }
+            let watermark = match inc.since {
+                Some(t) => t,
+                None => b
+                    .max_date_modify
+                    .as_deref()
+                    .and_then(|m| chrono::DateTime::parse_from_rfc3339(m).ok())
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .ok_or_else(|| Error::Usage(format!("snapshot v{:06} records no DATE_MODIFY watermark; give --since", b.version)))?,
+            };
+            let since = watermark - chrono::Duration::from_std(inc.overlap).unwrap_or_default();
+            let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+            filter.insert(">=DATE_MODIFY".into(), json!(since));
+            tracing::info!("incremental: leads modified since {since} (snapshot v{:06} and --overlap)", b.version);
+            let index = rt.block_on(merge::read_index(&out, DATASET, &b.files))?;
+            Some((b, since, Arc::new(index)))
+        }
+        (None, Some(_)) => {
+            tracing::info!("incremental: no committed snapshot in {} yet, exporting a full one", out.display(""));
+            None
+        }
+        _ => None,
     };
     let ckpt = match resumed {
         Some(c) => {
@@ -374,7 +496,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         Output::Local { root } => root.join(&staging).join("spool"),
         Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}-{}", std::process::id())),
     };
-    let result = export_run(&opts, &rt, &out, &client, &stats, filter, cols, arrow_schema, ckpt, &spool, saved.clone(), existing);
+    let result = export_run(&opts, &rt, &out, &client, &stats, filter, cols, arrow_schema, ckpt, &spool, saved.clone(), existing, base);
     let _ = std::fs::remove_dir_all(&spool);
     match result {
         Ok(mut summary) => {
@@ -407,6 +529,7 @@ fn export_run(
     spool: &std::path::Path,
     saved: Arc<std::sync::atomic::AtomicBool>,
     existing: Vec<String>,
+    base: Option<(Manifest, String, Arc<Index>)>,
 ) -> Result<ExportSummary> {
     let run_id = ckpt.run_id.clone();
     let staging = staging_of(&run_id);
@@ -421,6 +544,11 @@ fn export_run(
         .collect();
     rt.block_on(delete_where(out, &staging, |k| !listed.contains(k) && !k.ends_with("/checkpoint.json") && !k.contains("/spool/")))?;
 
+    // the user's own filter, for the ID listing of --detect-deletes (not limited to recent changes)
+    let mut user_filter = filter.clone();
+    if base.is_some() {
+        user_filter.remove(">=DATE_MODIFY");
+    }
     let spec = Arc::new(FetchSpec {
         method: "crm.lead.list".into(),
         select: schema::request_select(&cols, opts.select.is_none()),
@@ -482,18 +610,20 @@ fn export_run(
         saved,
         last: Instant::now(),
         every: opts.checkpoint_every,
+        known: base.as_ref().map(|b| b.2.clone()),
+        tally: Tally::default(),
     };
     let writer_progress = progress.clone();
     let writer = std::thread::Builder::new()
         .name("write".into())
-        .spawn(move || -> Result<Checkpoint> {
+        .spawn(move || -> Result<(Checkpoint, Tally)> {
             for c in batch_rx {
                 let n = c.batch.num_rows() as u64;
                 rw.add(c)?;
                 writer_progress.add_written(n);
             }
             rw.checkpoint()?; // the last one: everything fetched is staged
-            Ok(rw.ckpt)
+            Ok((rw.ckpt, rw.tally))
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
 
@@ -502,18 +632,72 @@ fn export_run(
     let converted = converter.join().unwrap_or_else(|_| Err(Error::Internal("the converter panicked".into())));
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();
-    let ckpt = match (fetched, converted, written) {
-        (Ok(n), Ok(()), Ok(c)) => {
+    let (mut ckpt, tally) = match (fetched, converted, written) {
+        (Ok(n), Ok(()), Ok((c, t))) => {
             let staged: u64 = c.files.iter().map(|f| f.rows).sum();
-            if staged != c.rows || c.rows != before + n {
+            if staged != c.rows || c.rows + t.refetched_unchanged != before + n {
                 return Err(Error::Internal(format!("fetched {n} leads (and {before} before resuming) but staged {staged} rows")));
             }
-            c
+            (c, t)
         }
         // a conversion or write error closes the channels, so it explains a fetch that "stopped"
         (_, Err(e), _) | (_, _, Err(e)) => return Err(e),
         (Err(e), _, _) => return Err(e),
     };
+
+    // 3b. incremental: the snapshot's files that hold replaced or deleted leads are rewritten without them
+    let mut all_files = ckpt.files.clone();
+    let mut total_rows = ckpt.rows;
+    let mut max_modify = ckpt.max_date_modify;
+    let mut changes = None;
+    if let Some((b, since, index)) = &base {
+        let mut drop = tally.replaced.clone();
+        let mut touched = tally.touched.clone();
+        let mut deleted = 0u64;
+        if opts.incremental.as_ref().is_some_and(|i| i.detect_deletes) {
+            let live = rt.block_on(fetch_all_ids(client, user_filter, opts))?;
+            for (id, (file, _)) in &index.rows {
+                if !live.contains(id) && drop.insert(*id) {
+                    touched.insert(*file);
+                    deleted += 1;
+                }
+            }
+            tracing::info!("incremental: the portal lists {} leads; {deleted} of the snapshot's are gone", live.len());
+        }
+        let mut seq = ckpt.next_seq;
+        for &i in &touched {
+            let f = &b.files[i as usize];
+            seq += 1;
+            let name = format!("part-{run_id}-{seq:05}.parquet");
+            let merge_spool = spool.join("merge");
+            if let Some(info) = rt.block_on(merge::rewrite_without(out, DATASET, f, &drop, &merge_spool, &name, &run_id))? {
+                rt.block_on(out.put_file(&merge_spool.join(&info.path), &format!("{staging}/{DATASET}/{}", info.path)))?;
+                ckpt.files.push(ManifestFile { path: info.path, rows: info.rows, bytes: info.bytes });
+            }
+        }
+        let carried: Vec<ManifestFile> =
+            b.files.iter().enumerate().filter(|(i, _)| !touched.contains(&(*i as u32))).map(|(_, f)| f.clone()).collect();
+        all_files = carried.iter().cloned().chain(ckpt.files.iter().cloned()).collect();
+        total_rows = all_files.iter().map(|f| f.rows).sum();
+        let base_max = b.max_date_modify.as_deref().and_then(|m| chrono::DateTime::parse_from_rfc3339(m).ok()).map(|d| d.timestamp_micros());
+        max_modify = max_modify.max(base_max);
+        changes = Some(Changes {
+            since: since.clone(),
+            base_version: b.version,
+            inserted: tally.inserted,
+            updated: tally.updated,
+            deleted,
+            unchanged: b.total_rows - tally.updated - deleted,
+            refetched_unchanged: tally.refetched_unchanged,
+            files_rewritten: touched.len() as u64,
+        });
+        if total_rows != b.total_rows + tally.inserted - deleted {
+            return Err(Error::Internal(format!(
+                "the merged snapshot would hold {total_rows} rows, expected {} + {} − {deleted}",
+                b.total_rows, tally.inserted
+            )));
+        }
+    }
 
     // 4. the run is complete: publish its files, commit its manifest, then remove what it replaces
     let mut manifest = Manifest {
@@ -529,13 +713,13 @@ fn export_run(
         filter: Value::Object(opts.filter.clone()),
         partition_by: opts.partition.name().into(),
         partition_column: opts.partition.key_name().map(str::to_string),
-        files: ckpt.files.clone(),
-        total_rows: ckpt.rows,
+        files: all_files.clone(),
+        total_rows,
         schema_fingerprint: ckpt.schema_fingerprint.clone(),
-        max_date_modify: ckpt
-            .max_date_modify
+        max_date_modify: max_modify
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        incremental: changes.clone(),
     };
     let rejects_total: u64 = ckpt.rejects.values().sum();
     let rejects_key = format!("{REJECTS}/{DATASET}.jsonl");
@@ -572,7 +756,7 @@ fn export_run(
     }
 
     // committed: what follows is cleanup, and each step is tried whatever the others do
-    let keep: std::collections::HashSet<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+    let keep: std::collections::HashSet<String> = all_files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
     let cleanup = async {
         if rejects_total == 0 {
             out.delete(&rejects_key).await?;
@@ -594,10 +778,10 @@ fn export_run(
     Ok(ExportSummary {
         dataset: out.display(DATASET),
         run_id,
-        leads: ckpt.rows,
+        leads: total_rows,
         resumed_leads: 0,
-        bytes: ckpt.files.iter().map(|f| f.bytes).sum(),
-        files: ckpt.files,
+        bytes: all_files.iter().map(|f| f.bytes).sum(),
+        files: all_files,
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
         paused_secs: stats.paused_ms.load(Ordering::Relaxed) as f64 / 1000.0,
@@ -607,7 +791,50 @@ fn export_run(
         manifest_version: manifest.version,
         rejects: ckpt.rejects,
         rejects_file,
+        changes,
     })
+}
+
+/// Every ID the portal lists for the user's filter (select ID only, through the same planner): for
+/// `--detect-deletes`.
+async fn fetch_all_ids(
+    client: &Arc<PortalClient>,
+    filter: Map<String, Value>,
+    opts: &ExportOptions,
+) -> Result<std::collections::HashSet<i64>> {
+    #[derive(Deserialize)]
+    struct IdRow {
+        #[serde(rename = "ID")]
+        id: Value,
+    }
+    let spec = Arc::new(FetchSpec {
+        method: "crm.lead.list".into(),
+        select: vec!["ID".into()],
+        filter,
+        concurrency: opts.concurrency,
+        max_retries: opts.client.max_retries,
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(4);
+    let collect = tokio::spawn(async move {
+        let mut ids = std::collections::HashSet::new();
+        while let Some(page) = rx.recv().await {
+            for chunk in &page.chunks {
+                let rows: Vec<IdRow> = serde_json::from_str(chunk.get()).map_err(|e| Error::Internal(format!("an ID page did not parse again: {e}")))?;
+                for r in rows {
+                    let id = match &r.id {
+                        Value::String(s) => s.parse().ok(),
+                        Value::Number(n) => n.as_i64(),
+                        _ => None,
+                    };
+                    ids.insert(id.ok_or_else(|| Error::Internal(format!("a lead without a numeric ID: {}", r.id)))?);
+                }
+            }
+        }
+        Ok::<_, Error>(ids)
+    });
+    let progress = Progress::new(client.stats().clone(), false);
+    plan::fetch_all(client.clone(), spec, &Coverage::default(), tx, progress).await?;
+    collect.await.map_err(|e| Error::Internal(format!("ID collection failed: {e}")))?
 }
 
 /// Values that did not fit their column: counted per field and streamed to JSON-lines files, one segment per

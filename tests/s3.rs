@@ -72,6 +72,12 @@ fn an_export_to_s3_reads_back_exactly_with_multipart_files_and_a_manifest() {
     assert!(moto.keys("lake", "crm/b24/.b24-staging").is_empty(), "staged objects left behind");
     assert!(moto.uploads("lake").is_empty(), "multipart uploads left open");
 
+    // no secret in anything written to the store
+    let everything = tempdir("s3-all");
+    moto.mirror("lake", "crm/b24/", &everything);
+    let bytes = all_bytes_under(&everything);
+    assert!(!contains(&bytes, SECRET_KEY) && !contains(&bytes, &sim.config().webhook_code));
+
     // `b24-export sql` reads the manifest from the store and names exactly its files
     let o = s3_cmd(&["sql", "s3://lake/crm/b24", "--s3-endpoint", &moto.endpoint()]).output().unwrap();
     assert_success(&o);

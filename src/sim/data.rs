@@ -334,6 +334,8 @@ pub fn generate_ids(n: usize, seed: u64, layout: IdLayout) -> Vec<i64> {
 
 const T0: i64 = 1_546_300_800; // 2019-01-01T00:00:00Z
 const SPAN: i64 = 7 * 365 * 86_400; // leads are spread over seven years
+/// No generated DATE_MODIFY is later than this (creation within the span + 3 days, modification ≤ 90 days later).
+pub const LATEST_MODIFY: i64 = T0 + SPAN + 86_400 * 93;
 
 /// The typed values of lead `id`, in [`FIELDS`] order. `position` is the lead's index among all IDs and
 /// `count` the portal size (they spread creation dates over the years, increasing with the ID).

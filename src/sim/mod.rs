@@ -176,6 +176,10 @@ struct Store {
     original: Vec<i64>,
     /// Updated leads: id → number of updates.
     versions: HashMap<i64, u32>,
+    /// DATE_MODIFY of leads changed or created since the start (unix seconds): the portal stamps "now".
+    modified: HashMap<i64, i64>,
+    /// The portal's clock for changes: later than every generated DATE_MODIFY, advancing with each change.
+    clock: i64,
     next_id: i64,
 }
 
@@ -187,7 +191,34 @@ impl Store {
         if let Some(v) = self.versions.get(&id) {
             apply_version(&mut t, *v);
         }
+        if let Some(m) = self.modified.get(&id) {
+            for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
+                if def.name == "DATE_MODIFY" {
+                    *val = Truth::DateTime(*m);
+                }
+            }
+        }
         t
+    }
+
+    fn tick(&mut self) -> i64 {
+        self.clock += 7;
+        self.clock
+    }
+
+    fn update(&mut self, id: i64) {
+        *self.versions.entry(id).or_default() += 1;
+        let now = self.tick();
+        self.modified.insert(id, now);
+    }
+
+    fn insert(&mut self, gap: i64) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1 + gap;
+        self.live.push(id);
+        let now = self.tick();
+        self.modified.insert(id, now);
+        id
     }
 }
 
@@ -195,6 +226,8 @@ fn apply_version(t: &mut [Truth], v: u32) {
     for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
         match (def.name, val) {
             ("TITLE", Truth::Str(s)) => *s = format!("{s} (v{v})"),
+            // every other edit moves the lead to another stage (and, partitioned by status_id, another folder)
+            ("STATUS_ID", Truth::Str(s)) if v % 2 == 1 => *s = if s == "IN_PROCESS" { "NEW".into() } else { "IN_PROCESS".into() },
             ("DATE_MODIFY", Truth::DateTime(secs)) => *secs += 60 * v as i64,
             _ => {}
         }
@@ -247,7 +280,14 @@ impl SimPortal {
         }
         let ids = data::generate_ids(cfg.leads, cfg.seed, cfg.id_layout);
         let next_id = ids.last().copied().unwrap_or(0) + 1;
-        let store = Arc::new(RwLock::new(Store { live: ids.clone(), original: ids, versions: HashMap::new(), next_id }));
+        let store = Arc::new(RwLock::new(Store {
+            live: ids.clone(),
+            original: ids,
+            versions: HashMap::new(),
+            modified: HashMap::new(),
+            clock: data::LATEST_MODIFY + 3600,
+            next_id,
+        }));
         let stats = Arc::new(SimStats::default());
         let oauth_state = Arc::new(Mutex::new(cfg.oauth.as_ref().map(|o| OAuthState {
             access: o.access_token.clone(),
@@ -318,6 +358,26 @@ impl SimPortal {
     /// The IDs the portal had when it started.
     pub fn initial_ids(&self) -> Vec<i64> {
         self.store.read().expect("store").original.clone()
+    }
+
+    /// Changes between runs, as users make them: a new lead (created and modified "now"), an edit of an existing
+    /// lead (a new TITLE, DATE_MODIFY "now"), a deletion. The portal's clock moves forward with every change.
+    pub fn insert_lead(&self) -> i64 {
+        self.store.write().expect("store").insert(fastrand::i64(0..5))
+    }
+
+    pub fn update_lead(&self, id: i64) {
+        self.store.write().expect("store").update(id);
+    }
+
+    pub fn delete_lead(&self, id: i64) {
+        let mut st = self.store.write().expect("store");
+        st.live.retain(|&x| x != id);
+    }
+
+    /// Moves the portal's clock forward (time passing between two scheduled runs).
+    pub fn advance_clock(&self, secs: i64) {
+        self.store.write().expect("store").clock += secs;
     }
 
     /// The typed ground truth of the lead at `position` in [`SimPortal::ids`], in [`data::FIELDS`] order.
@@ -419,11 +479,9 @@ impl State {
             let victim = (call_no as usize * 7919) % st.live.len();
             st.live.remove(victim);
             let updated = st.live[(call_no as usize * 104_729) % st.live.len()];
-            *st.versions.entry(updated).or_default() += 1;
+            st.update(updated);
         }
-        let id = st.next_id;
-        st.next_id += 1 + (call_no % 3) as i64;
-        st.live.push(id);
+        st.insert((call_no % 3) as i64);
         self.stats.mutations.fetch_add(1, AtomicOrdering::Relaxed);
     }
 }

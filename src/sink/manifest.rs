@@ -37,6 +37,27 @@ pub struct Manifest {
     pub schema_fingerprint: String,
     /// The highest DATE_MODIFY exported (RFC 3339, UTC): the watermark of an incremental run.
     pub max_date_modify: Option<String>,
+    /// What an incremental run changed (absent for a full snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Changes>,
+}
+
+/// The outcome of an incremental run, against the snapshot it started from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Changes {
+    /// The DATE_MODIFY condition sent (watermark minus overlap), RFC 3339.
+    pub since: String,
+    /// The manifest version the run merged into.
+    pub base_version: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Rows of the base snapshot carried over as they were.
+    pub unchanged: u64,
+    /// Leads fetched again because of the overlap, identical to what the snapshot holds (not rewritten).
+    pub refetched_unchanged: u64,
+    /// Files of the base snapshot replaced by this run.
+    pub files_rewritten: u64,
 }
 
 /// `_manifests/<dataset>`, relative to the output root.
@@ -133,6 +154,7 @@ mod tests {
             total_rows: 1,
             schema_fingerprint: "f".into(),
             max_date_modify: None,
+            incremental: None,
         }
     }
 

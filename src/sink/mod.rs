@@ -12,6 +12,7 @@
 //! smaller files per partition.
 
 pub mod manifest;
+pub mod merge;
 pub mod output;
 pub mod partition;
 
@@ -110,25 +111,12 @@ impl DatasetWriter {
             keep.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>(),
             schema.metadata().clone(),
         ));
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(cfg.row_group_rows))
-            .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
-            .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), cfg.run_id.clone())]));
-        if file_schema.field_with_name("id").is_ok() {
-            // A bloom filter is allocated for its NDV and kept in memory until the file closes, once per row
-            // group: size it for a typical partition, not parquet's default of a million values (~1 MiB each).
-            props = props
-                .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
-                .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
-                .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
-        }
+        let props = writer_properties_with(&cfg.run_id, file_schema.field_with_name("id").is_ok(), cfg.row_group_rows);
         std::fs::create_dir_all(&cfg.spool).map_err(io_err(&cfg.spool))?;
         let seq = cfg.first_seq;
         Ok(DatasetWriter {
             cfg,
-            props: props.build(),
+            props,
             file_schema,
             keep,
             open: HashMap::new(),
@@ -288,6 +276,30 @@ impl DatasetWriter {
             let _ = std::fs::remove_file(&f.tmp);
         }
     }
+}
+
+/// The properties of every data file: ZSTD(3), page statistics, row groups of at most 131,072 rows, a bloom
+/// filter on `id`, the tool and run id in the metadata.
+pub fn writer_properties(run_id: &str, has_id: bool) -> WriterProperties {
+    writer_properties_with(run_id, has_id, 128 * 1024)
+}
+
+fn writer_properties_with(run_id: &str, has_id: bool, row_group_rows: usize) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), run_id.to_string())]));
+    if has_id {
+        // A bloom filter is allocated for its NDV and kept in memory until the file closes, once per row
+        // group: size it for a typical partition, not parquet's default of a million values (~1 MiB each).
+        props = props
+            .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
+            .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
+    }
+    props.build()
 }
 
 /// Writes a small table as one Parquet file at `path` (a staging name); returns its size in bytes.
