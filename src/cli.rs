@@ -208,6 +208,9 @@ pub struct ExportArgs {
     /// With --incremental: list every ID the portal has (select ID only) and remove leads it no longer has.
     #[arg(long, requires = "incremental")]
     pub detect_deletes: bool,
+    /// With --detect-deletes: keep the rows of deleted leads, with a deleted_at timestamp, instead of removing them.
+    #[arg(long, requires = "detect_deletes")]
+    pub keep_deleted: bool,
     /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, status_id.
     #[arg(long, default_value = "date_create:month")]
     pub partition_by: String,
@@ -358,6 +361,7 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
             since,
             overlap: Duration::from_secs(a.overlap),
             detect_deletes: a.detect_deletes,
+            keep_deleted: a.keep_deleted,
         }),
         out: a.out.clone(),
         s3,

@@ -74,6 +74,8 @@ pub struct IncrementalOptions {
     pub overlap: Duration,
     /// `--detect-deletes`: list every ID the portal has and remove rows of leads it no longer has.
     pub detect_deletes: bool,
+    /// `--keep-deleted`: keep those rows instead, with `deleted_at` set to the run's time.
+    pub keep_deleted: bool,
 }
 
 /// What an export did.
@@ -654,13 +656,21 @@ fn export_run(
         let mut drop = tally.replaced.clone();
         let mut touched = tally.touched.clone();
         let mut deleted = 0u64;
+        let keep_deleted = opts.incremental.as_ref().is_some_and(|i| i.keep_deleted);
+        let mut mark = std::collections::HashSet::new();
         if opts.incremental.as_ref().is_some_and(|i| i.detect_deletes) {
             let live = rt.block_on(fetch_all_ids(client, user_filter, opts))?;
             for (id, (file, _)) in &index.rows {
-                if !live.contains(id) && drop.insert(*id) {
-                    touched.insert(*file);
-                    deleted += 1;
+                if live.contains(id) || drop.contains(id) || index.deleted.contains(id) {
+                    continue;
                 }
+                if keep_deleted {
+                    mark.insert(*id);
+                } else {
+                    drop.insert(*id);
+                }
+                touched.insert(*file);
+                deleted += 1;
             }
             tracing::info!("incremental: the portal lists {} leads; {deleted} of the snapshot's are gone", live.len());
         }
@@ -670,7 +680,8 @@ fn export_run(
             seq += 1;
             let name = format!("part-{run_id}-{seq:05}.parquet");
             let merge_spool = spool.join("merge");
-            if let Some(info) = rt.block_on(merge::rewrite_without(out, DATASET, f, &drop, &merge_spool, &name, &run_id))? {
+            let at = chrono::Utc::now().timestamp_micros();
+            if let Some(info) = rt.block_on(merge::rewrite_without(out, DATASET, f, &drop, &mark, at, &merge_spool, &name, &run_id))? {
                 rt.block_on(out.put_file(&merge_spool.join(&info.path), &format!("{staging}/{DATASET}/{}", info.path)))?;
                 ckpt.files.push(ManifestFile { path: info.path, rows: info.rows, bytes: info.bytes });
             }
@@ -691,9 +702,10 @@ fn export_run(
             refetched_unchanged: tally.refetched_unchanged,
             files_rewritten: touched.len() as u64,
         });
-        if total_rows != b.total_rows + tally.inserted - deleted {
+        let removed = if keep_deleted { 0 } else { deleted };
+        if total_rows != b.total_rows + tally.inserted - removed {
             return Err(Error::Internal(format!(
-                "the merged snapshot would hold {total_rows} rows, expected {} + {} − {deleted}",
+                "the merged snapshot would hold {total_rows} rows, expected {} + {} − {removed}",
                 b.total_rows, tally.inserted
             )));
         }

@@ -198,3 +198,31 @@ fn a_killed_incremental_leaves_the_snapshot_readable_and_the_rerun_is_exact() {
     }
     check_full_dataset(&sim, &read_dataset(&out.join("leads")), &[]);
 }
+
+#[test]
+fn keep_deleted_flags_rows_once_instead_of_removing_them() {
+    let sim = start_sim(SimConfig { leads: 2_000, seed: 45, ..SimConfig::default() });
+    let out = tempdir("incremental-keep");
+    incremental(&sim, &out, &["--keep-deleted"]);
+    let ids = sim.ids();
+    let gone: Vec<i64> = ids.iter().copied().step_by(181).collect();
+    for id in &gone {
+        sim.delete_lead(*id);
+    }
+    sim.advance_clock(600);
+    let stdout = incremental(&sim, &out, &["--keep-deleted"]);
+    assert!(stdout.contains(&format!("{} deleted", gone.len())), "{stdout}");
+    let glob = format!("read_parquet('{}/leads/**/*.parquet', hive_partitioning = true, union_by_name = true)", out.display());
+    let flagged: Vec<i64> = query(&format!("SELECT id FROM {glob} WHERE deleted_at IS NOT NULL ORDER BY id"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(flagged, gone, "exactly the deleted leads carry deleted_at");
+    let live = query(&format!("SELECT count(*) AS n, count(DISTINCT id) AS d FROM {glob} WHERE deleted_at IS NULL"));
+    assert_eq!((live[0]["n"].as_u64(), live[0]["d"].as_u64()), (Some(sim.ids().len() as u64), Some(sim.ids().len() as u64)));
+    // already flagged: a second run neither counts them again nor rewrites their files
+    let v = version_in(&stdout);
+    let again = incremental(&sim, &out, &["--keep-deleted"]);
+    assert!(again.contains(" 0 deleted"), "{again}");
+    assert_eq!(manifest(&out, v)["files"], manifest(&out, v + 1)["files"]);
+}
