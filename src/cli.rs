@@ -40,6 +40,29 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Print a DuckDB query that reads exactly the files of the latest committed snapshot in OUT.
     Sql(SqlArgs),
+    /// Rebuild the typed dataset from a raw landing zone (written by export --raw-out), without the portal.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The raw landing zone: a run folder (with run.json) or its parent (the latest complete run is taken);
+    /// a directory, file://… or s3://….
+    pub raw: String,
+    /// Output location (as for export); the dataset is written to OUT/leads/.
+    #[arg(long)]
+    pub out: String,
+    /// Hive partitioning (as for export).
+    #[arg(long, default_value = "date_create:month")]
+    pub partition_by: String,
+    /// Replace an existing dataset in OUT/leads.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Stop at the first value that does not fit its column.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +234,10 @@ pub struct ExportArgs {
     /// With --detect-deletes: keep the rows of deleted leads, with a deleted_at timestamp, instead of removing them.
     #[arg(long, requires = "detect_deletes")]
     pub keep_deleted: bool,
+    /// Also keep every page body as it came (zstd JSON lines) with the run's field metadata under RAW/<run id>/,
+    /// for `b24-export convert` (a directory, file://… or s3://…).
+    #[arg(long)]
+    pub raw_out: Option<String>,
     /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, status_id.
     #[arg(long, default_value = "date_create:month")]
     pub partition_by: String,
@@ -357,6 +384,7 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
     };
     Ok(ExportOptions {
         auth,
+        raw_out: a.raw_out.clone(),
         incremental: a.incremental.then(|| export::IncrementalOptions {
             since,
             overlap: Duration::from_secs(a.overlap),
@@ -470,6 +498,23 @@ pub fn run(cli: Cli) -> Result<()> {
             print_summary(&summary);
             Ok(())
         }
+        Command::Convert(a) => {
+            let s3 = a.s3.options();
+            Output::parse(&a.raw, &s3)?;
+            Output::parse(&a.out, &s3).map_err(|e| Error::Usage(format!("--out {e}")))?;
+            let opts = export::ConvertOptions {
+                raw: a.raw.clone(),
+                out: a.out.clone(),
+                s3,
+                partition: a.partition_by.parse()?,
+                overwrite: a.overwrite,
+                progress: !cli.quiet,
+                strict: a.strict,
+            };
+            let summary = export::run_convert(opts)?;
+            print_summary(&summary);
+            Ok(())
+        }
         Command::Sql(a) => {
             let out = Output::parse(&a.out, &a.s3.options())?;
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -531,6 +576,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 resume: false,
                 checkpoint_every: Duration::from_secs(60),
                 incremental: None,
+                raw_out: None,
                 partition: PartitionSpec::default(),
                 filter: Map::new(),
                 select: None,

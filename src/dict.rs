@@ -12,7 +12,7 @@ use crate::error::{PortalError, Result};
 use crate::schema::Column;
 
 /// One row of a status dictionary (`crm.status.list`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     pub entity_id: String,
     pub status_id: String,

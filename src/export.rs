@@ -63,6 +63,28 @@ pub struct ExportOptions {
     pub checkpoint_every: Duration,
     /// Merge only what changed since the last committed snapshot into it.
     pub incremental: Option<IncrementalOptions>,
+    /// `--raw-out`: keep every page body as it came, for `b24-export convert`.
+    pub raw_out: Option<String>,
+}
+
+/// `b24-export convert RAW --out OUT`: rebuild a dataset from a raw landing zone, without the portal.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub raw: String,
+    pub out: String,
+    pub s3: S3Options,
+    pub partition: PartitionSpec,
+    pub overwrite: bool,
+    pub progress: bool,
+    pub strict: bool,
+}
+
+/// Where a run's pages come from.
+enum Source {
+    /// The portal: the planner's ID cursors.
+    Portal { client: Arc<PortalClient>, spec: Arc<FetchSpec>, user_filter: Map<String, Value> },
+    /// A raw landing zone.
+    Raw { raw: Arc<Output>, input: crate::raw::RawInput },
 }
 
 /// `--incremental` and its options.
@@ -498,7 +520,33 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         Output::Local { root } => root.join(&staging).join("spool"),
         Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}-{}", std::process::id())),
     };
-    let result = export_run(&opts, &rt, &out, &client, &stats, filter, cols, arrow_schema, ckpt, &spool, saved.clone(), existing, base);
+    let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
+    let raw_out = match &opts.raw_out {
+        Some(r) => Some((Arc::new(Output::parse(r, &opts.s3)?), meta.clone())),
+        None => None,
+    };
+    // the user's own filter, for the ID listing of --detect-deletes (not limited to recent changes)
+    let mut user_filter = filter.clone();
+    user_filter.remove(">=DATE_MODIFY");
+    let spec = Arc::new(FetchSpec {
+        method: "crm.lead.list".into(),
+        select: schema::request_select(&cols, opts.select.is_none()),
+        filter,
+        concurrency: opts.concurrency,
+        max_retries: opts.client.max_retries,
+    });
+    let source = Source::Portal { client: client.clone(), spec, user_filter };
+    let settings = Settings {
+        partition: opts.partition.clone(),
+        select: opts.select.clone(),
+        filter: opts.filter.clone(),
+        strict: opts.strict,
+        progress: opts.progress,
+        checkpoint_every: opts.checkpoint_every,
+        incremental: opts.incremental.clone(),
+    };
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: client.portal_display(), statuses, raw_out };
+    let result = export_run(run, source, cols, arrow_schema, ckpt, &spool, saved.clone(), existing, base);
     let _ = std::fs::remove_dir_all(&spool);
     match result {
         Ok(mut summary) => {
@@ -517,14 +565,34 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     }
 }
 
+/// What shapes a run's dataset (from `export` or `convert` options).
+struct Settings {
+    partition: PartitionSpec,
+    select: Option<Vec<String>>,
+    filter: Map<String, Value>,
+    strict: bool,
+    progress: bool,
+    checkpoint_every: Duration,
+    incremental: Option<IncrementalOptions>,
+}
+
+/// What a run works with, besides its pages.
+struct Run<'a> {
+    opts: &'a Settings,
+    rt: &'a tokio::runtime::Runtime,
+    out: &'a Arc<Output>,
+    stats: &'a Arc<ClientStats>,
+    /// The source as the manifest names it (a portal without secrets, or a raw location).
+    display: String,
+    statuses: Vec<crate::dict::Status>,
+    /// `--raw-out` and the field metadata to keep with it.
+    raw_out: Option<(Arc<Output>, Value)>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn export_run(
-    opts: &ExportOptions,
-    rt: &tokio::runtime::Runtime,
-    out: &Arc<Output>,
-    client: &Arc<PortalClient>,
-    stats: &Arc<ClientStats>,
-    filter: Map<String, Value>,
+    run: Run<'_>,
+    source: Source,
     cols: Vec<schema::Column>,
     arrow_schema: arrow_schema::SchemaRef,
     ckpt: Checkpoint,
@@ -533,6 +601,7 @@ fn export_run(
     existing: Vec<String>,
     base: Option<(Manifest, String, Arc<Index>)>,
 ) -> Result<ExportSummary> {
+    let Run { opts, rt, out, stats, display: source_name, statuses, raw_out } = run;
     let run_id = ckpt.run_id.clone();
     let staging = staging_of(&run_id);
     let _ = std::fs::remove_dir_all(spool); // a killed run's unfinished local files
@@ -546,22 +615,9 @@ fn export_run(
         .collect();
     rt.block_on(delete_where(out, &staging, |k| !listed.contains(k) && !k.ends_with("/checkpoint.json") && !k.contains("/spool/")))?;
 
-    // the user's own filter, for the ID listing of --detect-deletes (not limited to recent changes)
-    let mut user_filter = filter.clone();
-    if base.is_some() {
-        user_filter.remove(">=DATE_MODIFY");
-    }
-    let spec = Arc::new(FetchSpec {
-        method: "crm.lead.list".into(),
-        select: schema::request_select(&cols, opts.select.is_none()),
-        filter,
-        concurrency: opts.concurrency,
-        max_retries: opts.client.max_retries,
-    });
-    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", client.portal_display(), out.display(DATASET), cols.len());
+    tracing::info!("exporting leads from {source_name} into {} (run {run_id}, {} columns)", out.display(DATASET), cols.len());
 
     // labels and dictionaries, staged with the run
-    let statuses = rt.block_on(crate::dict::fetch_statuses(client, &cols))?;
     let dict_tables = [
         ("fields", crate::dict::fields_table(DATASET, &cols)?),
         ("enum_items", crate::dict::enum_items_table(DATASET, &cols)?),
@@ -580,23 +636,36 @@ fn export_run(
     let progress = Progress::new(stats.clone(), opts.progress);
     progress.add_leads(ckpt.rows);
     progress.add_written(ckpt.rows);
-    let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(2);
-    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Converted>(2);
-    let conv_schema = arrow_schema.clone();
-    let strict = opts.strict;
-    let conv_cols = cols.clone();
-    let converter = std::thread::Builder::new()
-        .name("convert".into())
-        .spawn(move || -> Result<()> {
-            while let Some(page) = page_rx.blocking_recv() {
-                let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
-                if batch_tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
-                    break; // the writer failed; it reports why
+    let (page_tx, page_rx) = tokio::sync::mpsc::channel::<Page>(4);
+    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Converted>(4);
+    // conversion runs on as many threads as there are cores (pages are independent; the writer takes batches
+    // in any order), and records raw page bodies first when asked to
+    let page_rx = Arc::new(std::sync::Mutex::new(page_rx));
+    let recorder = raw_out.as_ref().map(|_| Arc::new(std::sync::Mutex::new(crate::raw::RawRecorder::new(spool.join("raw")))));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let mut converters = Vec::new();
+    for n in 0..threads {
+        let (rx, tx) = (page_rx.clone(), batch_tx.clone());
+        let (conv_schema, conv_cols, strict, recorder) = (arrow_schema.clone(), cols.clone(), opts.strict, recorder.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("convert-{n}"))
+            .spawn(move || -> Result<()> {
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                    let Some(page) = next else { return Ok(()) };
+                    if let Some(r) = &recorder {
+                        r.lock().unwrap_or_else(|e| e.into_inner()).record(&page.chunks)?;
+                    }
+                    let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
+                    if tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
+                        return Ok(()); // the writer failed; it reports why
+                    }
                 }
-            }
-            Ok(())
-        })
-        .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+        converters.push(handle);
+    }
+    drop(batch_tx);
     let mut sink_cfg = SinkConfig::new(spool.join(DATASET), run_id.clone(), opts.partition.clone());
     sink_cfg.first_seq = ckpt.next_seq;
     let done = ckpt.covered.clone();
@@ -629,16 +698,26 @@ fn export_run(
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
 
-    // 3. fetch
-    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, &done, page_tx, progress.clone()));
-    let converted = converter.join().unwrap_or_else(|_| Err(Error::Internal("the converter panicked".into())));
+    // 3. fetch (or read the raw zone)
+    let fetched = match &source {
+        Source::Portal { client, spec, .. } => {
+            rt.block_on(plan::fetch_all(client.clone(), spec.clone(), &done, page_tx, progress.clone())).map(Some)
+        }
+        Source::Raw { raw, input } => crate::raw::read_pages(raw.clone(), rt.handle().clone(), input, &spool.join("scratch"), page_tx).map(|_| None),
+    };
+    let converted = converters
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| Err(Error::Internal("a converter panicked".into()))))
+        .find(|r| r.is_err())
+        .unwrap_or(Ok(()));
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();
     let (mut ckpt, tally) = match (fetched, converted, written) {
         (Ok(n), Ok(()), Ok((c, t))) => {
             let staged: u64 = c.files.iter().map(|f| f.rows).sum();
-            if staged != c.rows || c.rows + t.refetched_unchanged != before + n {
-                return Err(Error::Internal(format!("fetched {n} leads (and {before} before resuming) but staged {staged} rows")));
+            let counted = n.is_none_or(|n| c.rows + t.refetched_unchanged == before + n);
+            if staged != c.rows || !counted {
+                return Err(Error::Internal(format!("fetched {n:?} leads (and {before} before resuming) but staged {staged} rows")));
             }
             (c, t)
         }
@@ -658,8 +737,8 @@ fn export_run(
         let mut deleted = 0u64;
         let keep_deleted = opts.incremental.as_ref().is_some_and(|i| i.keep_deleted);
         let mut mark = std::collections::HashSet::new();
-        if opts.incremental.as_ref().is_some_and(|i| i.detect_deletes) {
-            let live = rt.block_on(fetch_all_ids(client, user_filter, opts))?;
+        if let (Some(true), Source::Portal { client, user_filter, spec }) = (opts.incremental.as_ref().map(|i| i.detect_deletes), &source) {
+            let live = rt.block_on(fetch_all_ids(client, user_filter.clone(), spec))?;
             for (id, (file, _)) in &index.rows {
                 if live.contains(id) || drop.contains(id) || index.deleted.contains(id) {
                     continue;
@@ -711,6 +790,26 @@ fn export_run(
         }
     }
 
+    // 3c. the raw landing zone, complete before the dataset commits
+    if let (Some((raw, fields)), Some(recorder)) = (&raw_out, recorder) {
+        let recorder = Arc::try_unwrap(recorder).map_err(|_| Error::Internal("the raw recorder is still shared".into()))?;
+        let (files, list_calls) = recorder.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?;
+        let meta = crate::raw::RawRun {
+            format: 1,
+            run_id: run_id.clone(),
+            started_at: ckpt.started_at.clone(),
+            source: source_name.clone(),
+            entity: DATASET.into(),
+            select: opts.select.clone(),
+            filter: Value::Object(opts.filter.clone()),
+            pages: Vec::new(),
+            list_calls,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let at = rt.block_on(crate::raw::publish(raw, meta, &files, fields, &statuses))?;
+        tracing::info!("raw pages ({list_calls} list calls) kept in {at}");
+    }
+
     // 4. the run is complete: publish its files, commit its manifest, then remove what it replaces
     let mut manifest = Manifest {
         format: 1,
@@ -720,7 +819,7 @@ fn export_run(
         started_at: ckpt.started_at.clone(),
         finished_at: now_rfc3339(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        source: client.portal_display(),
+        source: source_name.clone(),
         select: opts.select.clone(),
         filter: Value::Object(opts.filter.clone()),
         partition_by: opts.partition.name().into(),
@@ -812,7 +911,7 @@ fn export_run(
 async fn fetch_all_ids(
     client: &Arc<PortalClient>,
     filter: Map<String, Value>,
-    opts: &ExportOptions,
+    like: &FetchSpec,
 ) -> Result<std::collections::HashSet<i64>> {
     #[derive(Deserialize)]
     struct IdRow {
@@ -823,8 +922,8 @@ async fn fetch_all_ids(
         method: "crm.lead.list".into(),
         select: vec!["ID".into()],
         filter,
-        concurrency: opts.concurrency,
-        max_retries: opts.client.max_retries,
+        concurrency: like.concurrency,
+        max_retries: like.max_retries,
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(4);
     let collect = tokio::spawn(async move {
@@ -847,6 +946,93 @@ async fn fetch_all_ids(
     let progress = Progress::new(client.stats().clone(), false);
     plan::fetch_all(client.clone(), spec, &Coverage::default(), tx, progress).await?;
     collect.await.map_err(|e| Error::Internal(format!("ID collection failed: {e}")))?
+}
+
+/// Rebuilds a dataset from a raw landing zone (`b24-export convert`), with the same commit protocol as an export.
+pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    let raw = Arc::new(Output::parse(&opts.raw, &opts.s3)?);
+    let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
+    let _lock = match &*out {
+        Output::Local { root } => Some(OutputLock::take(root)?),
+        Output::S3 { .. } => None,
+    };
+    let existing: Vec<String> =
+        rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
+    if !existing.is_empty() && !opts.overwrite {
+        return Err(Error::Usage(format!(
+            "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, or choose another --out",
+            out.display(DATASET),
+            existing.len()
+        )));
+    }
+    let input = rt.block_on(crate::raw::open(&raw))?;
+    let filter = match &input.run.filter {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    let cols = schema::build_columns(&input.fields, input.run.select.as_deref(), &required)?;
+    for r in &required {
+        if !cols.iter().any(|c| c.source == *r) {
+            return Err(Error::Usage(format!("--partition-by needs the field {r}, which the raw run's fields do not list")));
+        }
+    }
+    let arrow_schema = schema::arrow_schema(&cols);
+    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
+    let ckpt = Checkpoint {
+        format: 1,
+        run_id: new_run_id(),
+        started_at: now_rfc3339(),
+        select: input.run.select.clone(),
+        filter: Value::Object(filter.clone()),
+        partition_by: opts.partition.name().into(),
+        schema_fingerprint: fingerprint,
+        covered: Coverage::default(),
+        files: Vec::new(),
+        rows: 0,
+        max_date_modify: None,
+        rejects: BTreeMap::new(),
+        reject_segments: Vec::new(),
+        next_seq: 0,
+        incremental: false,
+    };
+    let spool = match &*out {
+        Output::Local { root } => root.join(staging_of(&ckpt.run_id)).join("spool"),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{}-{}", ckpt.run_id, std::process::id())),
+    };
+    let settings = Settings {
+        partition: opts.partition.clone(),
+        select: input.run.select.clone(),
+        filter,
+        strict: opts.strict,
+        progress: opts.progress,
+        checkpoint_every: Duration::from_secs(3600 * 24),
+        incremental: None,
+    };
+    let stats = Arc::new(ClientStats::default());
+    let source_name = format!("{} (raw run {} of {})", raw.display(&input.folder), input.run.run_id, input.run.source);
+    let statuses = input.statuses.clone();
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: source_name, statuses, raw_out: None };
+    let saved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let staging = staging_of(&ckpt.run_id);
+    let result = export_run(run, Source::Raw { raw, input }, cols, arrow_schema, ckpt, &spool, saved, existing, None);
+    let _ = std::fs::remove_dir_all(&spool);
+    match result {
+        Ok(mut summary) => {
+            summary.seconds = started.elapsed().as_secs_f64();
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = rt.block_on(out.clear(&staging, &[]));
+            Err(e)
+        }
+    }
 }
 
 /// Values that did not fit their column: counted per field and streamed to JSON-lines files, one segment per
