@@ -234,6 +234,10 @@ pub struct ExportArgs {
     /// With --detect-deletes: keep the rows of deleted leads, with a deleted_at timestamp, instead of removing them.
     #[arg(long, requires = "detect_deletes")]
     pub keep_deleted: bool,
+    /// The list method: lead (crm.lead.list), item (crm.item.list, its successor), or auto (crm.item.list where
+    /// the portal has it and it serves every requested field, crm.lead.list otherwise).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "lead", "item"])]
+    pub api: String,
     /// Also keep every page body as it came (zstd JSON lines) with the run's field metadata under RAW/<run id>/,
     /// for `b24-export convert` (a directory, file://… or s3://…).
     #[arg(long)]
@@ -385,6 +389,11 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
     Ok(ExportOptions {
         auth,
         raw_out: a.raw_out.clone(),
+        api: match a.api.as_str() {
+            "lead" => export::Api::Lead,
+            "item" => export::Api::Item,
+            _ => export::Api::Auto,
+        },
         incremental: a.incremental.then(|| export::IncrementalOptions {
             since,
             overlap: Duration::from_secs(a.overlap),
@@ -577,6 +586,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 checkpoint_every: Duration::from_secs(60),
                 incremental: None,
                 raw_out: None,
+                api: export::Api::Auto,
                 partition: PartitionSpec::default(),
                 filter: Map::new(),
                 select: None,

@@ -32,6 +32,8 @@ use crate::client::auth::AuthConfig;
 use crate::sink::partition::PartitionSpec;
 use crate::sink::manifest::{self, Changes, Manifest, ManifestFile};
 use crate::sink::merge::{self, Index};
+use crate::item::ItemMap;
+use crate::error::PortalError;
 use crate::sink::output::{Output, S3Options};
 use crate::sink::{self, DatasetWriter, SinkConfig};
 
@@ -65,6 +67,53 @@ pub struct ExportOptions {
     pub incremental: Option<IncrementalOptions>,
     /// `--raw-out`: keep every page body as it came, for `b24-export convert`.
     pub raw_out: Option<String>,
+    /// Which list method: `crm.lead.list`, `crm.item.list`, or the item API where it serves every field.
+    pub api: Api,
+}
+
+/// `--api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Lead,
+    Item,
+    Auto,
+}
+
+/// The field metadata in legacy shape, and the item map when the run uses crm.item.list.
+async fn field_metadata(client: &PortalClient, api: Api, select: Option<&[String]>) -> Result<(Value, Option<ItemMap>)> {
+    if api == Api::Lead {
+        return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None));
+    }
+    let map = ItemMap::lead();
+    let params = json!({"entityTypeId": map.entity_type_id, "useOriginalUfNames": "Y"});
+    let item_fields = match client.call("crm.item.fields", &params).await.and_then(|r| r.value()) {
+        Ok(v) => v,
+        Err(PortalError::Api { code, .. }) if api == Api::Auto && matches!(code.as_str(), "ERROR_METHOD_NOT_FOUND" | "NOT_FOUND") => {
+            tracing::info!("--api auto: the portal has no crm.item.list; using crm.lead.list");
+            return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let meta = map.legacy_fields(&item_fields)?;
+    if api == Api::Auto {
+        // the item API only when it serves every field asked for: never lose a column by switching
+        let legacy = client.call("crm.lead.fields", &json!({})).await?.value()?;
+        let wanted: Vec<String> = match select {
+            Some(s) => s.to_vec(),
+            None => legacy.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default(),
+        };
+        let missing: Vec<&String> = wanted.iter().filter(|f| meta.get(f.as_str()).is_none() && legacy.get(f.as_str()).is_some()).collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                "--api auto: crm.item.list lacks {} field(s) ({}{}); using crm.lead.list",
+                missing.len(),
+                missing.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            );
+            return Ok((legacy, None));
+        }
+    }
+    Ok((meta, Some(map)))
 }
 
 /// `b24-export convert RAW --out OUT`: rebuild a dataset from a raw landing zone, without the portal.
@@ -425,7 +474,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
 
     // 1. field metadata → columns
-    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
+    let (meta, item_map) = rt.block_on(field_metadata(&client, opts.api, opts.select.as_deref()))?;
     let mut filter = schema::canonical_filter(&opts.filter, &meta)?;
     let mut required: Vec<&str> = opts.partition.source_field().into_iter().collect();
     if opts.incremental.is_some() {
@@ -528,13 +577,34 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     // the user's own filter, for the ID listing of --detect-deletes (not limited to recent changes)
     let mut user_filter = filter.clone();
     user_filter.remove(">=DATE_MODIFY");
-    let spec = Arc::new(FetchSpec {
-        method: "crm.lead.list".into(),
-        select: schema::request_select(&cols, opts.select.is_none()),
-        filter,
-        concurrency: opts.concurrency,
-        max_retries: opts.client.max_retries,
-    });
+    let spec = match &item_map {
+        None => FetchSpec {
+            method: "crm.lead.list".into(),
+            select: schema::request_select(&cols, opts.select.is_none()),
+            filter,
+            concurrency: opts.concurrency,
+            max_retries: opts.client.max_retries,
+            extra: Map::new(),
+            normalize: None,
+        },
+        Some(map) => {
+            user_filter = map.item_filter(&user_filter)?;
+            let mut extra = Map::new();
+            extra.insert("entityTypeId".into(), json!(map.entity_type_id));
+            extra.insert("useOriginalUfNames".into(), json!("Y"));
+            let m = map.clone();
+            FetchSpec {
+                method: "crm.item.list".into(),
+                select: vec!["*".into()], // multi-value fields (fm) come only with "*"
+                filter: map.item_filter(&filter)?,
+                concurrency: opts.concurrency,
+                max_retries: opts.client.max_retries,
+                extra,
+                normalize: Some(plan::Normalize(Arc::new(move |raw| m.legacy_records(raw)))),
+            }
+        }
+    };
+    let spec = Arc::new(spec);
     let source = Source::Portal { client: client.clone(), spec, user_filter };
     let settings = Settings {
         partition: opts.partition.clone(),
@@ -545,7 +615,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         checkpoint_every: opts.checkpoint_every,
         incremental: opts.incremental.clone(),
     };
-    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: client.portal_display(), statuses, raw_out };
+    let via = if item_map.is_some() { " via crm.item.list" } else { "" };
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: format!("{}{via}", client.portal_display()), statuses, raw_out };
     let result = export_run(run, source, cols, arrow_schema, ckpt, &spool, saved.clone(), existing, base);
     let _ = std::fs::remove_dir_all(&spool);
     match result {
@@ -919,11 +990,13 @@ async fn fetch_all_ids(
         id: Value,
     }
     let spec = Arc::new(FetchSpec {
-        method: "crm.lead.list".into(),
-        select: vec!["ID".into()],
+        method: like.method.clone(),
+        select: vec![if like.normalize.is_some() { "id" } else { "ID" }.into()],
         filter,
         concurrency: like.concurrency,
         max_retries: like.max_retries,
+        extra: like.extra.clone(),
+        normalize: like.normalize.clone(),
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(4);
     let collect = tokio::spawn(async move {

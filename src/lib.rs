@@ -9,6 +9,7 @@ pub mod convert;
 pub mod dict;
 pub mod error;
 pub mod export;
+pub mod item;
 pub mod plan;
 pub mod progress;
 pub mod raw;

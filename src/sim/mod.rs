@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod filter;
+pub mod item;
 pub mod params;
 
 use std::net::SocketAddr;
@@ -696,13 +697,33 @@ fn call(
             m.insert("result".into(), data::fields_metadata());
             Ok(m)
         }
-        "crm.lead.list" => {
+        "crm.item.fields" => {
+            entity_type(params)?;
+            let original = php_bool(params::param(params, "useOriginalUfNames"));
+            let mut m = Map::new();
+            m.insert("result".into(), item::fields(original));
+            Ok(m)
+        }
+        "crm.lead.list" | "crm.item.list" => {
             let calls = state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed) + 1;
             if state.cfg.mutate_every.is_some_and(|n| calls % n.max(1) == 0) {
                 state.mutate(calls);
             }
             let mut counted = 0u64;
-            let r = lead_list(state, params, &mut counted);
+            let r = if method == "crm.item.list" {
+                entity_type(params)?;
+                let original = php_bool(params::param(params, "useOriginalUfNames"));
+                let mut legacy = Map::new();
+                let filter = params::normalize(Value::Object(array_param(params, "filter")?)).as_object().cloned().unwrap_or_default();
+                legacy.insert("filter".into(), Value::Object(item::legacy_keys(&filter, "filter")?));
+                legacy.insert("order".into(), Value::Object(item::legacy_keys(&array_param(params, "order")?, "order")?));
+                if let Some(start) = params.get("start") {
+                    legacy.insert("start".into(), start.clone());
+                }
+                lead_list(state, &legacy, &mut counted, Some(original))
+            } else {
+                lead_list(state, params, &mut counted, None)
+            };
             // a counted page (start >= 0) also pays for COUNT(*) over the matches
             let this = state.cfg.list_cost + state.cfg.count_cost_per_row * counted as u32;
             *cost += this;
@@ -752,7 +773,17 @@ fn select_filter(select: &[String]) -> impl Fn(&FieldDef) -> bool + '_ {
     }
 }
 
-fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64) -> Result<Map<String, Value>, ApiErr> {
+/// `crm.item.*` serve leads only (entityTypeId 1).
+fn entity_type(params: &Map<String, Value>) -> Result<i64, ApiErr> {
+    match int_param(params::param(params, "entityTypeId")) {
+        1 => Ok(1),
+        0 => Err(ApiErr(StatusCode::BAD_REQUEST, "INVALID_ARG_VALUE", "entityTypeId is required".into())),
+        _ => Err(ApiErr(StatusCode::BAD_REQUEST, "NOT_FOUND", "SPA not found".into())),
+    }
+}
+
+/// `crm.lead.list`, or `crm.item.list` (`item` = Some(useOriginalUfNames)) given legacy names.
+fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, item: Option<bool>) -> Result<Map<String, Value>, ApiErr> {
     let order = array_param(params, "order")?;
     let filter = array_param(params, "filter")?;
     let select: Vec<String> = match params::param(params, "select").cloned().map(params::normalize) {
@@ -831,7 +862,7 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64) -
             let mut m = Map::new();
             let page_no = off / PAGE + 1;
             let page_count = total.div_ceil(PAGE);
-            m.insert("result".into(), render_rows(state, ids, &rows, &select));
+            m.insert("result".into(), render_for(state, ids, &rows, &select, item));
             if page_no < page_count {
                 m.insert("next".into(), json!(page_no * PAGE));
             }
@@ -840,9 +871,19 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64) -
         }
     }
     let mut m = Map::new();
-    m.insert("result".into(), render_rows(state, ids, &rows, &select));
+    m.insert("result".into(), render_for(state, ids, &rows, &select, item));
     m.insert("total".into(), json!(0));
     Ok(m)
+}
+
+fn render_for(state: &State, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String], item: Option<bool>) -> Value {
+    match item {
+        None => render_rows(state, ids, rows, select),
+        Some(original) => {
+            let items: Vec<Value> = rows.iter().map(|(pos, t)| Value::Object(item::render(t, ids[*pos], &state.enc, original))).collect();
+            json!({ "items": items })
+        }
+    }
 }
 
 fn sort_key(idx: usize, t: &Truth) -> Key {
