@@ -79,25 +79,46 @@ pub enum Api {
     Auto,
 }
 
-/// The field metadata in legacy shape, and the item map when the run uses crm.item.list.
+/// The field metadata in legacy shape, and the item map when the run uses crm.item.list. `auto` asks for both
+/// field lists in one `batch` request (no request more than `--api lead`) and takes the item API only when it
+/// serves every field asked for: switching must never lose a column.
 async fn field_metadata(client: &PortalClient, api: Api, select: Option<&[String]>) -> Result<(Value, Option<ItemMap>)> {
-    if api == Api::Lead {
-        return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None));
-    }
     let map = ItemMap::lead();
-    let params = json!({"entityTypeId": map.entity_type_id, "useOriginalUfNames": "Y"});
-    let item_fields = match client.call("crm.item.fields", &params).await.and_then(|r| r.value()) {
-        Ok(v) => v,
-        Err(PortalError::Api { code, .. }) if api == Api::Auto && matches!(code.as_str(), "ERROR_METHOD_NOT_FOUND" | "NOT_FOUND") => {
-            tracing::info!("--api auto: the portal has no crm.item.list; using crm.lead.list");
-            return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None));
+    let item_cmd = format!("crm.item.fields?entityTypeId={}&useOriginalUfNames=Y", map.entity_type_id);
+    let (item_fields, legacy) = match api {
+        Api::Lead => return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None)),
+        Api::Item => {
+            let params = json!({"entityTypeId": map.entity_type_id, "useOriginalUfNames": "Y"});
+            (client.call("crm.item.fields", &params).await?.value()?, None)
         }
-        Err(e) => return Err(e.into()),
+        Api::Auto => {
+            let mut attempts = 0;
+            let mut out = loop {
+                attempts += 1;
+                let out = client.batch(&[("item".into(), item_cmd.clone()), ("lead".into(), "crm.lead.fields".into())]).await?;
+                if out.results.contains_key("lead") || attempts > 3 {
+                    break out;
+                }
+            };
+            let legacy: Value = match out.results.remove("lead") {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("crm.lead.fields: {e}")))?,
+                None => {
+                    let (code, desc) = out.errors.remove("lead").unwrap_or_default();
+                    return Err(PortalError::Api { method: "crm.lead.fields".into(), status: 200, code, description: desc, attempts }.into());
+                }
+            };
+            match out.results.remove("item") {
+                Some(raw) => (serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("crm.item.fields: {e}")))?, Some(legacy)),
+                None => {
+                    let why = out.errors.remove("item").map(|(c, _)| c).unwrap_or_default();
+                    tracing::info!("--api auto: crm.item.fields is not available ({why}); using crm.lead.list");
+                    return Ok((legacy, None));
+                }
+            }
+        }
     };
     let meta = map.legacy_fields(&item_fields)?;
-    if api == Api::Auto {
-        // the item API only when it serves every field asked for: never lose a column by switching
-        let legacy = client.call("crm.lead.fields", &json!({})).await?.value()?;
+    if let Some(legacy) = legacy {
         let wanted: Vec<String> = match select {
             Some(s) => s.to_vec(),
             None => legacy.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default(),
