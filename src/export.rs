@@ -591,6 +591,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}-{}", std::process::id())),
     };
     let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
+    let users = rt.block_on(crate::dict::fetch_users(&client))?;
     let raw_out = match &opts.raw_out {
         Some(r) => Some((Arc::new(Output::parse(r, &opts.s3)?), meta.clone())),
         None => None,
@@ -637,7 +638,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         incremental: opts.incremental.clone(),
     };
     let via = if item_map.is_some() { " via crm.item.list" } else { "" };
-    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: format!("{}{via}", client.portal_display()), statuses, raw_out };
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: format!("{}{via}", client.portal_display()), statuses, users, raw_out };
     let result = export_run(run, source, cols, arrow_schema, ckpt, &spool, saved.clone(), existing, base);
     let _ = std::fs::remove_dir_all(&spool);
     match result {
@@ -677,6 +678,8 @@ struct Run<'a> {
     /// The source as the manifest names it (a portal without secrets, or a raw location).
     display: String,
     statuses: Vec<crate::dict::Status>,
+    /// `_dict/users`, when the portal lets us read users.
+    users: Option<Vec<crate::dict::User>>,
     /// `--raw-out` and the field metadata to keep with it.
     raw_out: Option<(Arc<Output>, Value)>,
 }
@@ -693,7 +696,7 @@ fn export_run(
     existing: Vec<String>,
     base: Option<(Manifest, String, Arc<Index>)>,
 ) -> Result<ExportSummary> {
-    let Run { opts, rt, out, stats, display: source_name, statuses, raw_out } = run;
+    let Run { opts, rt, out, stats, display: source_name, statuses, users, raw_out } = run;
     let run_id = ckpt.run_id.clone();
     let staging = staging_of(&run_id);
     let _ = std::fs::remove_dir_all(spool); // a killed run's unfinished local files
@@ -720,6 +723,13 @@ fn export_run(
         let rel = format!("{DICT}/{name}/{DATASET}.parquet");
         let local = spool.join(&rel);
         sink::write_table(&local, table)?;
+        rt.block_on(out.put_file(&local, &format!("{staging}/{rel}")))?;
+        side_files.push((format!("{staging}/{rel}"), rel));
+    }
+    if let Some(users) = &users {
+        let rel = format!("{DICT}/users/users.parquet");
+        let local = spool.join(&rel);
+        sink::write_table(&local, &crate::dict::users_table(users)?)?;
         rt.block_on(out.put_file(&local, &format!("{staging}/{rel}")))?;
         side_files.push((format!("{staging}/{rel}"), rel));
     }
@@ -898,7 +908,7 @@ fn export_run(
             list_calls,
             tool_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let at = rt.block_on(crate::raw::publish(raw, meta, &files, fields, &statuses))?;
+        let at = rt.block_on(crate::raw::publish(raw, meta, &files, fields, &statuses, users.as_deref()))?;
         tracing::info!("raw pages ({list_calls} list calls) kept in {at}");
     }
 
@@ -1112,7 +1122,8 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
     let stats = Arc::new(ClientStats::default());
     let source_name = format!("{} (raw run {} of {})", raw.display(&input.folder), input.run.run_id, input.run.source);
     let statuses = input.statuses.clone();
-    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: source_name, statuses, raw_out: None };
+    let users = input.users.clone();
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: source_name, statuses, users, raw_out: None };
     let saved = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let staging = staging_of(&ckpt.run_id);
     let result = export_run(run, Source::Raw { raw, input }, cols, arrow_schema, ckpt, &spool, saved, existing, None);

@@ -6,6 +6,7 @@
 //! RAW/<run id>/run.json                    what was asked (select, filter), the portal, when, how many pages
 //! RAW/<run id>/fields.json                 the crm.lead.fields result the run was typed with
 //! RAW/<run id>/statuses.json               the status dictionaries (for _dict/statuses)
+//! RAW/<run id>/users.json                  the portal's users (for _dict/users), when they could be read
 //! RAW/<run id>/pages/part-00001.jsonl.zst  zstd JSON lines: one line per list call, the `result` array as sent
 //! ```
 //! The folder is written when the run succeeds (its files are moved there last, `run.json` at the very end), so
@@ -104,7 +105,14 @@ impl RawRecorder {
 }
 
 /// Moves a finished run's raw files into `RAW/<run id>/`, `run.json` last.
-pub async fn publish(raw: &Output, mut run: RawRun, files: &[PathBuf], fields: &Value, statuses: &[Status]) -> Result<String> {
+pub async fn publish(
+    raw: &Output,
+    mut run: RawRun,
+    files: &[PathBuf],
+    fields: &Value,
+    statuses: &[Status],
+    users: Option<&[crate::dict::User]>,
+) -> Result<String> {
     let folder = run.run_id.clone();
     for (n, f) in files.iter().enumerate() {
         let rel = format!("pages/part-{:05}.jsonl.zst", n + 1);
@@ -113,6 +121,9 @@ pub async fn publish(raw: &Output, mut run: RawRun, files: &[PathBuf], fields: &
     }
     raw.put_bytes(&format!("{folder}/fields.json"), to_json(fields)?).await?;
     raw.put_bytes(&format!("{folder}/statuses.json"), to_json(&statuses)?).await?;
+    if let Some(users) = users {
+        raw.put_bytes(&format!("{folder}/users.json"), to_json(&users)?).await?;
+    }
     raw.put_bytes(&format!("{folder}/run.json"), to_json(&run)?).await?;
     Ok(raw.display(&folder))
 }
@@ -126,6 +137,7 @@ pub struct RawInput {
     pub run: RawRun,
     pub fields: Value,
     pub statuses: Vec<Status>,
+    pub users: Option<Vec<crate::dict::User>>,
     /// The run folder, relative to the raw location's root ("" when RAW names the run folder itself).
     pub folder: String,
 }
@@ -156,7 +168,11 @@ pub async fn open(raw: &Output) -> Result<RawInput> {
     let run: RawRun = read_json(raw, &at("run.json")).await?;
     let fields: Value = read_json(raw, &at("fields.json")).await?;
     let statuses: Vec<Status> = read_json(raw, &at("statuses.json")).await?;
-    Ok(RawInput { run, fields, statuses, folder })
+    let users = match raw.get(&at("users.json")).await? {
+        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", raw.display(&at("users.json")))))?),
+        None => None,
+    };
+    Ok(RawInput { run, fields, statuses, users, folder })
 }
 
 /// Reads the pages of a raw run and sends them downstream as pages of up to 50 list calls. Blocking (run it on

@@ -199,6 +199,30 @@ pub fn is_user_field(name: &str) -> bool {
 pub const SEGMENT_ITEMS: &[(i64, &str)] = &[(79, "Retail"), (80, "Wholesale"), (81, "Partner"), (82, "Government")];
 pub const INTEREST_ITEMS: &[(i64, &str)] = &[(101, "Hardware"), (102, "Software"), (103, "Support"), (104, "Training")];
 
+/// The portal's users (`user.get`): IDs 1..=40, the ones lead user fields refer to; the last three were fired
+/// (`ACTIVE` false), and user 40 has no e-mail.
+pub fn users() -> Vec<Value> {
+    const FIRST: &[&str] = &["Anna", "Boris", "Chloé", "Dmitri", "Elif", "Farid", "Greta", "Hiroshi"];
+    const LAST: &[&str] = &["Ivanova", "Jensen", "Kowalski", "Lefèvre", "Müller", "Novák", "Okafor"];
+    (1..=40i64)
+        .map(|id| {
+            let (first, last) = (FIRST[(id as usize * 5) % FIRST.len()], LAST[(id as usize * 3) % LAST.len()]);
+            json!({
+                "ID": id.to_string(),
+                "XML_ID": format!("u{id}"),
+                "ACTIVE": id <= 37,
+                "NAME": first,
+                "LAST_NAME": last,
+                "SECOND_NAME": "",
+                "EMAIL": if id == 40 { String::new() } else { format!("{}.{}{id}@example.com", first.to_lowercase(), last.to_lowercase()) },
+                "LAST_LOGIN": "2024-07-25T13:06:54+00:00",
+                "UF_DEPARTMENT": [1 + id % 4],
+                "USER_TYPE": "employee",
+            })
+        })
+        .collect()
+}
+
 /// `crm.status.list` rows: (ENTITY_ID, STATUS_ID, NAME, SORT, SEMANTICS).
 pub fn status_dictionary() -> Vec<(&'static str, &'static str, &'static str, i64, Option<&'static str>)> {
     let mut out = vec![

@@ -731,6 +731,22 @@ fn call(
             r
         }
         "crm.status.list" => status_list(params),
+        "user.get" => {
+            // 50 per page, `start` as for lists (`-1` without a count); inactive users are listed too
+            let users = data::users();
+            let start = int_param(params::param(params, "start"));
+            let from = if start < 0 { 0 } else { (start as usize / 50) * 50 };
+            let page: Vec<Value> = users.iter().skip(from).take(50).cloned().collect();
+            let mut m = Map::new();
+            m.insert("result".into(), Value::Array(page));
+            if start >= 0 {
+                if from + 50 < users.len() {
+                    m.insert("next".into(), json!(from + 50));
+                }
+                m.insert("total".into(), json!(users.len()));
+            }
+            Ok(m)
+        }
         "batch" if allow_batch => batch(state, params, cost),
         "batch" => Err(ApiErr(StatusCode::METHOD_NOT_ALLOWED, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage".into())),
         _ => Err(ApiErr(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!".into())),
