@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Export every lead (or a filtered subset) into OUT/leads/.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Run the simulated portal on 127.0.0.1 until interrupted.
     Sim(SimArgs),
     /// Start a simulated portal in-process, export it into ./demo-out and show how to query it.

@@ -154,7 +154,7 @@ enum Source {
     /// The portal: the planner's ID cursors.
     Portal { client: Arc<PortalClient>, spec: Arc<FetchSpec>, user_filter: Map<String, Value> },
     /// A raw landing zone.
-    Raw { raw: Arc<Output>, input: crate::raw::RawInput },
+    Raw { raw: Arc<Output>, input: Box<crate::raw::RawInput> },
 }
 
 /// `--incremental` and its options.
@@ -959,7 +959,7 @@ fn export_run(
     if let Err(e) = rt.block_on(publish) {
         // not committed: take back what was published, so the dataset stays the previous snapshot
         let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
-        let _ = rt.block_on(async {
+        rt.block_on(async {
             for k in &ours {
                 let _ = out.delete(k).await;
             }
@@ -1126,7 +1126,7 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
     let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: source_name, statuses, users, raw_out: None };
     let saved = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let staging = staging_of(&ckpt.run_id);
-    let result = export_run(run, Source::Raw { raw, input }, cols, arrow_schema, ckpt, &spool, saved, existing, None);
+    let result = export_run(run, Source::Raw { raw, input: Box::new(input) }, cols, arrow_schema, ckpt, &spool, saved, existing, None);
     let _ = std::fs::remove_dir_all(&spool);
     match result {
         Ok(mut summary) => {

@@ -45,7 +45,10 @@ pub struct FetchSpec {
 
 /// See [`FetchSpec::normalize`].
 #[derive(Clone)]
-pub struct Normalize(pub Arc<dyn Fn(&RawValue) -> std::result::Result<Box<RawValue>, String> + Send + Sync>);
+pub struct Normalize(pub Arc<NormalizeFn>);
+
+/// Raw command result → legacy list result, or why not.
+pub type NormalizeFn = dyn Fn(&RawValue) -> std::result::Result<Box<RawValue>, String> + Send + Sync;
 
 impl std::fmt::Debug for Normalize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
