@@ -15,6 +15,7 @@ use b24_export::export::{self, ExportOptions, ExportSummary};
 use b24_export::secret::Webhook;
 use b24_export::sim::data::IdLayout;
 use b24_export::sim::{SimConfig, SimPortal};
+use b24_export::sink::output::{Output, S3Options};
 use b24_export::sink::partition::PartitionSpec;
 
 #[derive(Parser, Debug)]
@@ -30,7 +31,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Export every lead (or a filtered subset) into OUT/leads/.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Run the simulated portal on 127.0.0.1 until interrupted.
     Sim(SimArgs),
     /// Start a simulated portal in-process, export it into ./demo-out and show how to query it.
@@ -39,15 +40,69 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Print a DuckDB query that reads exactly the files of the latest committed snapshot in OUT.
     Sql(SqlArgs),
+    /// Rebuild the typed dataset from a raw landing zone (written by export --raw-out), without the portal.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The raw landing zone: a run folder (with run.json) or its parent (the latest complete run is taken);
+    /// a directory, file://… or s3://….
+    pub raw: String,
+    /// Output location (as for export); the dataset is written to OUT/leads/.
+    #[arg(long)]
+    pub out: String,
+    /// Hive partitioning (as for export).
+    #[arg(long, default_value = "date_create:month")]
+    pub partition_by: String,
+    /// Replace an existing dataset in OUT/leads.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Stop at the first value that does not fit its column.
+    #[arg(long)]
+    pub strict: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Args, Debug)]
 pub struct SqlArgs {
-    /// The output directory of the exports.
-    pub out: PathBuf,
+    /// The output location of the exports: a directory, file://… or s3://bucket/prefix.
+    pub out: String,
     /// The dataset.
     #[arg(long, default_value = "leads")]
     pub dataset: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Object-store options (credentials come from the AWS environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+/// AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE with ~/.aws/credentials and ~/.aws/config).
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
+    /// An S3-compatible endpoint (MinIO, Ceph, R2…), e.g. https://minio.internal:9000; also AWS_ENDPOINT_URL.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Allow a plain http:// endpoint that is not on loopback (data and signed requests travel unencrypted).
+    #[arg(long)]
+    pub s3_allow_http: bool,
+    /// The bucket's region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's region, us-east-1).
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Multipart upload part size in bytes (S3 wants at least 5 MiB; two parts are in flight at most).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub s3_part_size: usize,
+}
+
+impl S3Args {
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            allow_http: self.s3_allow_http,
+            region: self.s3_region.clone(),
+            part_size: self.s3_part_size,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -151,9 +206,42 @@ pub fn auth_config(a: &AuthArgs) -> Result<AuthConfig> {
 pub struct ExportArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Output directory; the dataset is written to OUT/leads/.
+    /// Output location: a directory, file://… or s3://bucket/prefix; the dataset is written to OUT/leads/.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Continue the latest interrupted run in OUT from its last checkpoint (a new run if there is none).
+    #[arg(long)]
+    pub resume: bool,
+    /// Seconds between checkpoints (finished files moved to the output, progress saved for --resume).
+    #[arg(long, default_value_t = 60.0)]
+    pub checkpoint_every: f64,
+    /// Fetch only leads modified since the last committed snapshot and merge them into it (each lead once,
+    /// latest values). Without a committed snapshot, a full one is exported.
+    #[arg(long, conflicts_with_all = ["resume", "overwrite"])]
+    pub incremental: bool,
+    /// With --incremental: the watermark to use instead of the last snapshot's highest DATE_MODIFY, e.g.
+    /// 2026-11-28T00:00:00+00:00.
+    #[arg(long, requires = "incremental")]
+    pub since: Option<String>,
+    /// With --incremental: seconds to fetch before the watermark (clocks differ; times have second precision).
+    #[arg(long, default_value_t = 300, requires = "incremental")]
+    pub overlap: u64,
+    /// With --incremental: list every ID the portal has (select ID only) and remove leads it no longer has.
+    #[arg(long, requires = "incremental")]
+    pub detect_deletes: bool,
+    /// With --detect-deletes: keep the rows of deleted leads, with a deleted_at timestamp, instead of removing them.
+    #[arg(long, requires = "detect_deletes")]
+    pub keep_deleted: bool,
+    /// The list method: lead (crm.lead.list), item (crm.item.list, its successor), or auto (crm.item.list where
+    /// the portal has it and it serves every requested field, crm.lead.list otherwise).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "lead", "item"])]
+    pub api: String,
+    /// Also keep every page body as it came (zstd JSON lines) with the run's field metadata under RAW/<run id>/,
+    /// for `b24-export convert` (a directory, file://… or s3://…).
+    #[arg(long)]
+    pub raw_out: Option<String>,
     /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, status_id.
     #[arg(long, default_value = "date_create:month")]
     pub partition_by: String,
@@ -276,25 +364,12 @@ fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
 }
 
 /// Validates everything before any request is sent.
-/// Object-store destinations arrive with the S3 issue; until then say so instead of making a folder named `s3:`.
-fn check_out(out: &std::path::Path) -> Result<()> {
-    let text = out.to_string_lossy();
-    if let Some((scheme, rest)) = text.split_once("://") {
-        let bucket = rest.split('/').next().unwrap_or("");
-        if scheme.eq_ignore_ascii_case("s3") && bucket.is_empty() {
-            return Err(Error::Usage(format!("--out {text}: the S3 URL has no bucket; write s3://<bucket>/<prefix>")));
-        }
-        if !scheme.eq_ignore_ascii_case("file") {
-            return Err(Error::Usage(format!(
-                "--out {text}: {scheme}:// destinations are not supported yet; export to a local directory (or file://…) and copy it"
-            )));
-        }
-    }
-    Ok(())
-}
-
 pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
-    check_out(&a.out)?;
+    let s3 = a.s3.options();
+    Output::parse(&a.out, &s3).map_err(|e| Error::Usage(format!("--out {e}")))?;
+    if !(a.checkpoint_every >= 0.0 && a.checkpoint_every.is_finite()) {
+        return Err(Error::Usage(format!("--checkpoint-every {}: expected seconds, e.g. 60", a.checkpoint_every)));
+    }
     let auth = auth_config(&a.auth)?;
     let partition: PartitionSpec = a.partition_by.parse()?;
     let filter = parse_filter(a.filter.as_deref())?;
@@ -303,13 +378,32 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
         return Err(Error::Usage("--select is empty; name fields like TITLE,STATUS_ID or leave it out for all fields".into()));
     }
     let client = client_config(&a.limits)?;
-    let out = match a.out.to_string_lossy().strip_prefix("file://") {
-        Some(local) => PathBuf::from(local),
-        None => a.out.clone(),
+    let since = match &a.since {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| d.with_timezone(&chrono::Utc))
+                .map_err(|e| Error::Usage(format!("--since {t:?}: expected an RFC 3339 time such as 2026-11-28T00:00:00+00:00 ({e})")))?,
+        ),
     };
     Ok(ExportOptions {
         auth,
-        out,
+        raw_out: a.raw_out.clone(),
+        api: match a.api.as_str() {
+            "lead" => export::Api::Lead,
+            "item" => export::Api::Item,
+            _ => export::Api::Auto,
+        },
+        incremental: a.incremental.then(|| export::IncrementalOptions {
+            since,
+            overlap: Duration::from_secs(a.overlap),
+            detect_deletes: a.detect_deletes,
+            keep_deleted: a.keep_deleted,
+        }),
+        out: a.out.clone(),
+        s3,
+        resume: a.resume,
+        checkpoint_every: Duration::from_secs_f64(a.checkpoint_every),
         partition,
         filter,
         select,
@@ -338,7 +432,7 @@ pub fn print_summary(s: &ExportSummary) {
         out,
         "exported {} leads into {} — {} files, {}, {} requests, {} retries, {:.1} s (run {})",
         s.leads,
-        s.dataset.display(),
+        s.dataset,
         s.files.len(),
         human_bytes(s.bytes),
         s.requests,
@@ -360,11 +454,21 @@ pub fn print_summary(s: &ExportSummary) {
             "{} values did not fit their column and were written as NULL ({}); listed in {}",
             s.rejects.values().sum::<u64>(),
             per_field.join(", "),
-            f.display()
+            f
         );
     }
+    if let Some(c) = &s.changes {
+        let _ = writeln!(
+            out,
+            "incremental since {} into snapshot v{:06}: {} inserted, {} updated, {} deleted, {} unchanged ({} fetched again unchanged); {} files rewritten",
+            c.since, c.base_version, c.inserted, c.updated, c.deleted, c.unchanged, c.refetched_unchanged, c.files_rewritten
+        );
+    }
+    if s.resumed_leads > 0 {
+        let _ = writeln!(out, "resumed an interrupted run: {} of these leads had been exported before it stopped", s.resumed_leads);
+    }
     let _ = writeln!(out, "committed snapshot v{:06} (`b24-export sql` prints a query that reads exactly it)", s.manifest_version);
-    if s.replaced > 0 {
+    if s.replaced > 0 && s.changes.is_none() {
         let _ = writeln!(out, "replaced the previous dataset ({} files removed)", s.replaced);
     }
 }
@@ -403,11 +507,33 @@ pub fn run(cli: Cli) -> Result<()> {
             print_summary(&summary);
             Ok(())
         }
+        Command::Convert(a) => {
+            let s3 = a.s3.options();
+            Output::parse(&a.raw, &s3)?;
+            Output::parse(&a.out, &s3).map_err(|e| Error::Usage(format!("--out {e}")))?;
+            let opts = export::ConvertOptions {
+                raw: a.raw.clone(),
+                out: a.out.clone(),
+                s3,
+                partition: a.partition_by.parse()?,
+                overwrite: a.overwrite,
+                progress: !cli.quiet,
+                strict: a.strict,
+            };
+            let summary = export::run_convert(opts)?;
+            print_summary(&summary);
+            Ok(())
+        }
         Command::Sql(a) => {
-            let m = b24_export::sink::manifest::latest(&b24_export::sink::manifest::dir(&a.out, &a.dataset))?.ok_or_else(|| {
-                Error::Usage(format!("no committed snapshot of {} under {} (run an export first)", a.dataset, a.out.display()))
+            let out = Output::parse(&a.out, &a.s3.options())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+            let m = rt.block_on(b24_export::sink::manifest::latest(&out, &a.dataset))?.ok_or_else(|| {
+                Error::Usage(format!("no committed snapshot of {} under {} (run an export first)", a.dataset, out.display("")))
             })?;
-            println!("{}", b24_export::sink::manifest::duckdb_query(&a.out.join(&a.dataset), &m));
+            println!("{}", b24_export::sink::manifest::duckdb_query(&out, &m));
             Ok(())
         }
         Command::Schema(a) => {
@@ -454,7 +580,13 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             let opts = ExportOptions {
                 auth: AuthConfig::Webhook(Webhook::parse(&portal.webhook_url())?),
-                out: a.out.clone(),
+                out: a.out.display().to_string(),
+                s3: S3Options::default(),
+                resume: false,
+                checkpoint_every: Duration::from_secs(60),
+                incremental: None,
+                raw_out: None,
+                api: export::Api::Auto,
                 partition: PartitionSpec::default(),
                 filter: Map::new(),
                 select: None,
@@ -470,13 +602,13 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut files: Vec<_> = summary.files.iter().map(|f| &f.path).collect();
             files.sort();
             for f in files.iter().take(3) {
-                println!("  {}/{}", summary.dataset.display(), f);
+                println!("  {}/{}", summary.dataset, f);
             }
             println!("\nquery it with DuckDB (hive partitions by date_create_month):");
             println!("  {}", export::duckdb_query(&summary.dataset));
             println!(
                 "  SELECT date_create_month, status_id, count(*) AS leads, sum(opportunity) AS total\n    FROM read_parquet('{}/**/*.parquet', hive_partitioning = true)\n    GROUP BY ALL ORDER BY ALL LIMIT 10;",
-                summary.dataset.display()
+                summary.dataset
             );
             Ok(())
         }

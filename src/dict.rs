@@ -12,7 +12,7 @@ use crate::error::{PortalError, Result};
 use crate::schema::Column;
 
 /// One row of a status dictionary (`crm.status.list`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     pub entity_id: String,
     pub status_id: String,
@@ -187,6 +187,103 @@ pub fn statuses_table(rows: &[Status]) -> Result<RecordBatch> {
             utf8(rows.iter().map(|r| Some(r.name.clone()))),
             Arc::new(Int64Array::from(rows.iter().map(|r| r.sort).collect::<Vec<_>>())),
             utf8(rows.iter().map(|r| r.semantics.clone())),
+        ],
+    )
+}
+
+/// One row of `_dict/users` (`user.get`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct User {
+    pub id: i64,
+    pub name: Option<String>,
+    pub last_name: Option<String>,
+    pub second_name: Option<String>,
+    pub email: Option<String>,
+    pub active: Option<bool>,
+    pub user_type: Option<String>,
+}
+
+fn user_of(v: &Value) -> Option<User> {
+    let id = match v.get("ID")? {
+        Value::String(s) => s.trim().parse().ok()?,
+        Value::Number(n) => n.as_i64()?,
+        _ => return None,
+    };
+    let active = match v.get("ACTIVE") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(s)) => Some(matches!(s.as_str(), "Y" | "1" | "true")),
+        _ => None,
+    };
+    let text = |k: &str| text(v.get(k)).filter(|s| !s.is_empty());
+    Some(User {
+        id,
+        name: text("NAME"),
+        last_name: text("LAST_NAME"),
+        second_name: text("SECOND_NAME"),
+        email: text("EMAIL"),
+        active,
+        user_type: text("USER_TYPE"),
+    })
+}
+
+/// Every user of the portal, active or not (`user.get`, 50 per page), so that `assigned_by_id`, `created_by_id`
+/// and the other user columns can be joined to a person. `None` when the webhook may not read users (no `user`
+/// scope): the export goes on without `_dict/users`.
+pub async fn fetch_users(client: &PortalClient) -> Result<Option<Vec<User>>, PortalError> {
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let env = match client.call("user.get", &json!({"sort": "ID", "order": "ASC", "start": start})).await {
+            Ok(env) => env,
+            Err(PortalError::Api { code, description, .. } | PortalError::Permission { code, description, .. })
+                if start == 0 =>
+            {
+                tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
+                return Ok(None);
+            }
+            // a webhook without the `user` scope
+            Err(PortalError::Auth { code, description, .. }) if start == 0 && code == "insufficient_scope" =>
+            {
+                tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let next = env.next;
+        let rows = match env.value()? {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        };
+        let n = rows.len();
+        out.extend(rows.iter().filter_map(user_of));
+        match next {
+            Some(nx) if nx > start && n > 0 => start = nx,
+            _ => break,
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `_dict/users/users.parquet`.
+pub fn users_table(rows: &[User]) -> Result<RecordBatch> {
+    batch(
+        vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("last_name", DataType::Utf8, true),
+            Field::new("second_name", DataType::Utf8, true),
+            Field::new("email", DataType::Utf8, true),
+            Field::new("active", DataType::Boolean, true),
+            Field::new("user_type", DataType::Utf8, true),
+        ],
+        vec![
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.id).collect::<Vec<_>>())),
+            utf8(rows.iter().map(|r| r.name.clone())),
+            utf8(rows.iter().map(|r| r.last_name.clone())),
+            utf8(rows.iter().map(|r| r.second_name.clone())),
+            utf8(rows.iter().map(|r| r.email.clone())),
+            Arc::new(arrow_array::BooleanArray::from(rows.iter().map(|r| r.active).collect::<Vec<_>>())),
+            utf8(rows.iter().map(|r| r.user_type.clone())),
         ],
     )
 }

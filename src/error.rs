@@ -67,6 +67,9 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot encode Parquet for {path}: {source}")]
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    /// An object store (S3) operation failed after its retries.
+    #[error("cannot write {what}: {message}")]
+    Store { what: String, message: String },
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("internal error: {0}")]
@@ -79,7 +82,7 @@ impl Error {
             Error::Usage(_) => ExitKind::Usage,
             Error::Portal(p) => p.exit_kind(),
             Error::BadValue(_) => ExitKind::Data,
-            Error::Io { .. } | Error::Parquet { .. } => ExitKind::Output,
+            Error::Io { .. } | Error::Parquet { .. } | Error::Store { .. } => ExitKind::Output,
             Error::Arrow(_) | Error::Internal(_) => ExitKind::Internal,
         }
     }

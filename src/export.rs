@@ -2,33 +2,49 @@
 //!
 //! Fetching runs on a small tokio runtime; conversion and Parquet encoding run on two plain threads, joined by
 //! bounded channels, so a slow disk slows the fetch instead of filling memory.
+//!
+//! The commit protocol, the same on a local disk and on S3:
+//! 1. Parquet files are written to a local spool folder; at each checkpoint (`--checkpoint-every`) the writer
+//!    finishes its open files, moves them to the run's staging area in the output
+//!    (`OUT/.b24-staging/<run id>/leads/…`), then saves `checkpoint.json` listing them and the ID intervals they
+//!    complete. `--resume` continues the latest interrupted run from there.
+//! 2. When the fetch is complete, the staged files are moved into the dataset (`OUT/leads/…`, renames locally,
+//!    server-side copies on S3), dictionaries and rejects beside it, and the manifest is committed with a
+//!    create-only put (`OUT/_manifests/leads/vNNNNNN.json`).
+//! 3. Only then are the previous snapshot's files, files of failed runs and all staged leftovers removed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::client::{ClientConfig, ClientStats, PortalClient};
 use crate::error::{Error, Result};
-use crate::plan::{self, FetchSpec, Page};
+use crate::plan::{self, Coverage, FetchSpec, Page};
 use crate::progress::Progress;
 use crate::schema;
 use crate::client::auth::AuthConfig;
 use crate::sink::partition::PartitionSpec;
-use crate::sink::manifest::{self, Manifest, ManifestFile};
-use crate::sink::{self, DatasetWriter, FileInfo, SinkConfig};
+use crate::sink::manifest::{self, Changes, Manifest, ManifestFile};
+use crate::sink::merge::{self, Index};
+use crate::item::ItemMap;
+use crate::error::PortalError;
+use crate::sink::output::{Output, S3Options};
+use crate::sink::{self, DatasetWriter, SinkConfig};
 
 /// Everything an export needs.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// How to reach the portal: webhook or OAuth app.
     pub auth: AuthConfig,
-    /// The output root; the dataset goes to `OUT/leads`.
-    pub out: PathBuf,
+    /// The output root: a local path, `file://…` or `s3://bucket/prefix`; the dataset goes to `OUT/leads`.
+    pub out: String,
+    pub s3: S3Options,
     pub partition: PartitionSpec,
     /// A `crm.lead.list` filter object, combined with the cursor's own conditions.
     pub filter: Map<String, Value>,
@@ -37,21 +53,133 @@ pub struct ExportOptions {
     pub client: ClientConfig,
     /// Batch requests in flight at once.
     pub concurrency: usize,
-    /// Replace an existing dataset (its files are removed after the new one is complete).
+    /// Replace an existing dataset (its files are removed after the new one is committed).
     pub overwrite: bool,
     /// Show progress (a bar on a terminal, log lines otherwise).
     pub progress: bool,
     /// Stop at the first value that does not fit its column, instead of writing NULL and a reject.
     pub strict: bool,
+    /// Continue the latest interrupted run from its last checkpoint.
+    pub resume: bool,
+    /// How often finished files and the fetch progress are checkpointed.
+    pub checkpoint_every: Duration,
+    /// Merge only what changed since the last committed snapshot into it.
+    pub incremental: Option<IncrementalOptions>,
+    /// `--raw-out`: keep every page body as it came, for `b24-export convert`.
+    pub raw_out: Option<String>,
+    /// Which list method: `crm.lead.list`, `crm.item.list`, or the item API where it serves every field.
+    pub api: Api,
+}
+
+/// `--api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Lead,
+    Item,
+    Auto,
+}
+
+/// The field metadata in legacy shape, and the item map when the run uses crm.item.list. `auto` asks for both
+/// field lists in one `batch` request (no request more than `--api lead`) and takes the item API only when it
+/// serves every field asked for: switching must never lose a column.
+async fn field_metadata(client: &PortalClient, api: Api, select: Option<&[String]>) -> Result<(Value, Option<ItemMap>)> {
+    let map = ItemMap::lead();
+    let item_cmd = format!("crm.item.fields?entityTypeId={}&useOriginalUfNames=Y", map.entity_type_id);
+    let (item_fields, legacy) = match api {
+        Api::Lead => return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None)),
+        Api::Item => {
+            let params = json!({"entityTypeId": map.entity_type_id, "useOriginalUfNames": "Y"});
+            (client.call("crm.item.fields", &params).await?.value()?, None)
+        }
+        Api::Auto => {
+            let mut attempts = 0;
+            let mut out = loop {
+                attempts += 1;
+                let out = client.batch(&[("item".into(), item_cmd.clone()), ("lead".into(), "crm.lead.fields".into())]).await?;
+                if out.results.contains_key("lead") || attempts > 3 {
+                    break out;
+                }
+            };
+            let legacy: Value = match out.results.remove("lead") {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("crm.lead.fields: {e}")))?,
+                None => {
+                    let (code, desc) = out.errors.remove("lead").unwrap_or_default();
+                    return Err(PortalError::Api { method: "crm.lead.fields".into(), status: 200, code, description: desc, attempts }.into());
+                }
+            };
+            match out.results.remove("item") {
+                Some(raw) => (serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("crm.item.fields: {e}")))?, Some(legacy)),
+                None => {
+                    let why = out.errors.remove("item").map(|(c, _)| c).unwrap_or_default();
+                    tracing::info!("--api auto: crm.item.fields is not available ({why}); using crm.lead.list");
+                    return Ok((legacy, None));
+                }
+            }
+        }
+    };
+    let meta = map.legacy_fields(&item_fields)?;
+    if let Some(legacy) = legacy {
+        let wanted: Vec<String> = match select {
+            Some(s) => s.to_vec(),
+            None => legacy.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default(),
+        };
+        let missing: Vec<&String> = wanted.iter().filter(|f| meta.get(f.as_str()).is_none() && legacy.get(f.as_str()).is_some()).collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                "--api auto: crm.item.list lacks {} field(s) ({}{}); using crm.lead.list",
+                missing.len(),
+                missing.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            );
+            return Ok((legacy, None));
+        }
+    }
+    Ok((meta, Some(map)))
+}
+
+/// `b24-export convert RAW --out OUT`: rebuild a dataset from a raw landing zone, without the portal.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub raw: String,
+    pub out: String,
+    pub s3: S3Options,
+    pub partition: PartitionSpec,
+    pub overwrite: bool,
+    pub progress: bool,
+    pub strict: bool,
+}
+
+/// Where a run's pages come from.
+enum Source {
+    /// The portal: the planner's ID cursors.
+    Portal { client: Arc<PortalClient>, spec: Arc<FetchSpec>, user_filter: Map<String, Value> },
+    /// A raw landing zone.
+    Raw { raw: Arc<Output>, input: Box<crate::raw::RawInput> },
+}
+
+/// `--incremental` and its options.
+#[derive(Debug, Clone)]
+pub struct IncrementalOptions {
+    /// `--since`: the watermark to use instead of the last manifest's highest DATE_MODIFY (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// `--overlap`: fetch from this much before the watermark (clocks differ, times have second precision).
+    pub overlap: Duration,
+    /// `--detect-deletes`: list every ID the portal has and remove rows of leads it no longer has.
+    pub detect_deletes: bool,
+    /// `--keep-deleted`: keep those rows instead, with `deleted_at` set to the run's time.
+    pub keep_deleted: bool,
 }
 
 /// What an export did.
 #[derive(Debug)]
 pub struct ExportSummary {
-    pub dataset: PathBuf,
+    /// Where the dataset is, as a reader names it (a path or an `s3://` URL).
+    pub dataset: String,
     pub run_id: String,
     pub leads: u64,
-    pub files: Vec<FileInfo>,
+    /// Leads an interrupted run had already exported when this run resumed it.
+    pub resumed_leads: u64,
+    pub files: Vec<ManifestFile>,
     pub bytes: u64,
     pub requests: u64,
     pub retries: u64,
@@ -59,31 +187,70 @@ pub struct ExportSummary {
     pub paused_secs: f64,
     pub operating_blocks: u64,
     pub seconds: f64,
-    /// Files of a previous dataset removed by `--overwrite`.
+    /// Files of a previous snapshot (or of failed runs) removed after the commit.
     pub replaced: usize,
     /// The version of the committed manifest (`OUT/_manifests/leads/vNNNNNN.json`).
     pub manifest_version: u64,
     /// Values that did not fit their column (now NULL), per field.
     pub rejects: BTreeMap<String, u64>,
     /// Where the rejected values are listed, when there are any.
-    pub rejects_file: Option<PathBuf>,
+    pub rejects_file: Option<String>,
+    /// What an incremental run changed.
+    pub changes: Option<Changes>,
 }
 
 pub const DATASET: &str = "leads";
-/// Unpublished files of runs in progress, beside the datasets: `OUT/.b24-staging/<run id>/`.
+/// Runs in progress and their checkpoints, beside the datasets: `OUT/.b24-staging/<run id>/…`.
 pub const STAGING: &str = ".b24-staging";
 /// Labels and dictionaries: `OUT/_dict/<table>/<dataset>.parquet`.
 pub const DICT: &str = "_dict";
 /// Rejected values: `OUT/_rejects/<dataset>.jsonl`.
 pub const REJECTS: &str = "_rejects";
+const LOCK: &str = "lock";
 
 fn new_run_id() -> String {
     format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), fastrand::u16(..))
 }
 
-/// Checks the output before any request: the dataset must not exist (unless overwriting) and must be writable.
-/// One export per output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that writes.
-/// A lock whose process is gone (a killed run) is taken over, and that run's leftovers are dropped.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The progress of a run, saved under `OUT/.b24-staging/<run id>/checkpoint.json`: which IDs are done and which
+/// staged files hold them. Everything it lists is complete; anything else in the run's staging area is not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    format: u32,
+    run_id: String,
+    started_at: String,
+    /// What the run was asked for: a resumed run must ask for the same.
+    select: Option<Vec<String>>,
+    filter: Value,
+    partition_by: String,
+    schema_fingerprint: String,
+    /// ID intervals fully exported.
+    covered: Coverage,
+    /// Finished files in `staging/leads/`, relative to the dataset.
+    files: Vec<ManifestFile>,
+    rows: u64,
+    /// Highest DATE_MODIFY so far, in microseconds since the epoch.
+    max_date_modify: Option<i64>,
+    rejects: BTreeMap<String, u64>,
+    /// Rejects files in `staging/_rejects/`, in order.
+    reject_segments: Vec<String>,
+    next_seq: u64,
+    /// An incremental run is not resumed: the next one starts again from the last committed watermark.
+    #[serde(default)]
+    incremental: bool,
+}
+
+fn staging_of(run_id: &str) -> String {
+    format!("{STAGING}/{run_id}")
+}
+
+/// One export per local output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that
+/// writes. A lock whose process is gone (a killed run) is taken over. (Object stores have no such lock: the
+/// create-only manifest put still refuses a second commit of the same version.)
 struct OutputLock {
     path: PathBuf,
 }
@@ -91,7 +258,7 @@ struct OutputLock {
 impl OutputLock {
     fn take(out: &std::path::Path) -> Result<OutputLock> {
         let staging = out.join(STAGING);
-        let path = staging.join("lock");
+        let path = staging.join(LOCK);
         if let Ok(text) = std::fs::read_to_string(&path) {
             let pid: u32 = text.trim().parse().unwrap_or(0);
             let alive = pid != 0 && pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists();
@@ -101,12 +268,12 @@ impl OutputLock {
                     out.display()
                 )));
             }
+            let _ = std::fs::remove_file(&path); // a killed run's lock; its staged work stays for --resume
         }
-        // leftovers of runs that were killed: never published, safe to drop
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        }
-        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let unwritable = |e: std::io::Error| {
+            Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", out.display()))
+        };
+        std::fs::create_dir_all(&staging).map_err(unwritable)?;
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
             Error::Usage(format!("another export is starting in {} ({e}); run one export per --out at a time", out.display()))
         })?;
@@ -116,54 +283,224 @@ impl OutputLock {
 }
 
 impl Drop for OutputLock {
-    /// The staging area belongs to the lock holder: whatever is left in it when the run ends (an error on any
-    /// path) was never published and is dropped with the lock.
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
         if let Some(staging) = self.path.parent() {
-            let _ = std::fs::remove_dir_all(staging);
+            let _ = std::fs::remove_dir(staging); // only if nothing is staged
         }
     }
 }
 
-fn prepare_output(opts: &ExportOptions) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let dataset = opts.out.join(DATASET);
-    let existing = sink::list_dataset_files(&dataset)?;
-    let published = existing.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
-    if published > 0 && !opts.overwrite {
-        return Err(Error::Usage(format!(
-            "{} already holds a dataset ({published} Parquet files); pass --overwrite to replace it, or choose another --out",
-            dataset.display()
-        )));
+/// The most recent interrupted run that left a checkpoint, if any.
+async fn find_checkpoint(out: &Output) -> Result<Option<Checkpoint>> {
+    let mut runs: Vec<String> = out
+        .list(STAGING)
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_suffix("/checkpoint.json").map(str::to_string))
+        .collect();
+    runs.sort();
+    let Some(latest) = runs.pop() else { return Ok(None) };
+    let key = format!("{latest}/checkpoint.json");
+    let Some(bytes) = out.get(&key).await? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("{} is not a readable checkpoint: {e}", out.display(&key))))
+}
+
+/// Removes every object under `prefix` for which `drop` says so.
+async fn delete_where(out: &Output, prefix: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
+    let mut n = 0;
+    for (key, _) in out.list(prefix).await? {
+        if drop(&key) {
+            out.delete(&key).await?;
+            n += 1;
+        }
     }
-    let unwritable = |e: std::io::Error| {
-        Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", opts.out.display()))
-    };
-    std::fs::create_dir_all(&dataset).map_err(unwritable)?;
-    let probe = dataset.join(".b24-export-write-check");
-    std::fs::write(&probe, b"ok").map_err(unwritable)?;
-    let _ = std::fs::remove_file(&probe);
-    Ok((dataset, existing))
+    Ok(n)
+}
+
+/// What flows from the converter to the writer: a page's rows, its rejected values and the IDs it completes.
+struct Converted {
+    batch: RecordBatch,
+    rejects: Vec<crate::convert::Reject>,
+    covered: Vec<(i64, i64)>,
+}
+
+/// The writer thread's state: Parquet files, rejects and the checkpoint that describes them.
+struct RunWriter {
+    w: DatasetWriter,
+    out: Arc<Output>,
+    rt: tokio::runtime::Handle,
+    staging: String,
+    spool: PathBuf,
+    rejects: RejectsLog,
+    ckpt: Checkpoint,
+    /// Whether a checkpoint exists in the output (written by this run or the one it resumes).
+    saved: Arc<std::sync::atomic::AtomicBool>,
+    last: Instant,
+    every: Duration,
+    /// Incremental: the committed snapshot's leads, and what this run does to them.
+    known: Option<Arc<Index>>,
+    tally: Tally,
+}
+
+/// What an incremental run found so far.
+#[derive(Debug, Default)]
+struct Tally {
+    inserted: u64,
+    updated: u64,
+    refetched_unchanged: u64,
+    /// IDs whose row in the snapshot is replaced, and the snapshot's files that hold them (by manifest index).
+    replaced: std::collections::HashSet<i64>,
+    touched: std::collections::BTreeSet<u32>,
+}
+
+impl RunWriter {
+    /// Incremental: drops leads fetched again with the DATE_MODIFY the snapshot already holds (the overlap), and
+    /// notes which leads are new and which replace a row of the snapshot.
+    fn against_snapshot(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        use arrow_array::cast::AsArray;
+        let Some(known) = &self.known else { return Ok(batch) };
+        let ids = batch.column_by_name("id").and_then(|c| c.as_primitive_opt::<arrow_array::types::Int64Type>());
+        let Some(ids) = ids else { return Err(Error::Internal("an incremental batch without an id column".into())) };
+        let modified = batch
+            .column_by_name("date_modify")
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>());
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let id = ids.value(i);
+            let m = modified.and_then(|m| arrow_array::Array::is_valid(m, i).then(|| m.value(i)));
+            match known.rows.get(&id) {
+                None => {
+                    self.tally.inserted += 1;
+                    keep.push(true);
+                }
+                Some((_, old)) if *old == m && m.is_some() => {
+                    self.tally.refetched_unchanged += 1;
+                    keep.push(false);
+                }
+                Some((file, _)) => {
+                    self.tally.updated += 1;
+                    self.tally.replaced.insert(id);
+                    self.tally.touched.insert(*file);
+                    keep.push(true);
+                }
+            }
+        }
+        if keep.iter().all(|k| *k) {
+            return Ok(batch);
+        }
+        Ok(arrow_select::filter::filter_record_batch(&batch, &arrow_array::BooleanArray::from(keep))?)
+    }
+
+    fn add(&mut self, c: Converted) -> Result<()> {
+        let batch = self.against_snapshot(c.batch)?;
+        let c = Converted { batch, ..c };
+        self.ckpt.max_date_modify = self.ckpt.max_date_modify.max(max_timestamp(&c.batch, "date_modify"));
+        self.w.write(&c.batch)?;
+        self.rejects.add(&c.rejects)?;
+        self.ckpt.rows += c.batch.num_rows() as u64;
+        for (lo, hi) in c.covered {
+            self.ckpt.covered.add(lo, hi);
+        }
+        if self.last.elapsed() >= self.every {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Finishes every open file, moves the new ones to the output's staging area, then saves the checkpoint
+    /// that lists them (one atomic put): a run killed at any moment resumes from the last one saved.
+    fn checkpoint(&mut self) -> Result<()> {
+        let files = self.w.flush_files()?;
+        for f in files {
+            let key = format!("{}/{DATASET}/{}", self.staging, f.path);
+            self.rt.block_on(self.out.put_file(&self.spool.join(DATASET).join(&f.path), &key))?;
+            self.ckpt.files.push(ManifestFile { path: f.path, rows: f.rows, bytes: f.bytes });
+        }
+        if let Some(name) = self.rejects.close_segment()? {
+            let key = format!("{}/{REJECTS}/{name}", self.staging);
+            self.rt.block_on(self.out.put_file(&self.rejects.dir.join(&name), &key))?;
+            self.ckpt.reject_segments.push(name);
+        }
+        self.ckpt.rejects = self.rejects.counts.clone();
+        self.ckpt.next_seq = self.w.next_seq();
+        let text = serde_json::to_vec_pretty(&self.ckpt).map_err(|e| Error::Internal(e.to_string()))?;
+        self.rt.block_on(self.out.put_bytes(&format!("{}/checkpoint.json", self.staging), text))?;
+        self.saved.store(true, Ordering::Relaxed);
+        self.last = Instant::now();
+        tracing::debug!("checkpoint: {} leads in {} files", self.ckpt.rows, self.ckpt.files.len());
+        Ok(())
+    }
 }
 
 /// Runs a whole export. Blocking: it owns its runtime and threads.
 pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
-    let started_at = chrono::Utc::now();
-    let (dataset, previous) = prepare_output(&opts)?;
-    let _lock = OutputLock::take(&opts.out)?;
-    let run_id = new_run_id();
-    let stats = Arc::new(ClientStats::default());
-    let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
+    let _lock = match &*out {
+        Output::Local { root } => Some(OutputLock::take(root)?),
+        Output::S3 { .. } => None,
+    };
+
+    // the output, before any request to the portal: what is there, and can we write?
+    let existing: Vec<String> =
+        rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
+    // an incremental run merges into the latest committed snapshot (the first one is a full snapshot)
+    let base = match &opts.incremental {
+        Some(_) => rt.block_on(manifest::latest(&out, DATASET))?,
+        None => None,
+    };
+    if !existing.is_empty() && !opts.overwrite && base.is_none() {
+        return Err(Error::Usage(format!(
+            "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, --incremental to merge changes into it, or choose another --out",
+            out.display(DATASET),
+            existing.len()
+        )));
+    }
+    let check = format!("{STAGING}/.write-check-{}-{:04x}", std::process::id(), fastrand::u16(..));
+    rt.block_on(async {
+        out.put_bytes(&check, b"ok".to_vec()).await?;
+        out.delete(&check).await
+    })?;
+    let interrupted = rt.block_on(find_checkpoint(&out))?;
+    let resumed = match (opts.resume, interrupted) {
+        (_, Some(c)) if c.incremental => {
+            tracing::info!("an interrupted incremental run ({}) is not resumed: this run starts again from the last committed watermark", c.run_id);
+            None
+        }
+        (true, Some(c)) => Some(c),
+        (true, None) => {
+            tracing::warn!("--resume: no interrupted run to continue in {}; starting a new one", out.display(""));
+            None
+        }
+        (false, Some(c)) => {
+            tracing::warn!(
+                "an interrupted run ({}, {} leads) could be continued with --resume; starting a new run instead (the old run's leftovers are removed when this one commits)",
+                c.run_id,
+                c.rows
+            );
+            None
+        }
+        (false, None) => None,
+    };
+
+    let stats = Arc::new(ClientStats::default());
+    let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
 
     // 1. field metadata → columns
-    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
-    let filter = schema::canonical_filter(&opts.filter, &meta)?;
-    let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    let (meta, item_map) = rt.block_on(field_metadata(&client, opts.api, opts.select.as_deref()))?;
+    let mut filter = schema::canonical_filter(&opts.filter, &meta)?;
+    let mut required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    if opts.incremental.is_some() {
+        required.push("DATE_MODIFY"); // the watermark, and how a changed lead is told from one fetched again
+    }
     let cols = schema::build_columns(&meta, opts.select.as_deref(), &required)?;
     for r in &required {
         if !cols.iter().any(|c| c.source == *r) {
@@ -171,205 +508,679 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         }
     }
     let arrow_schema = schema::arrow_schema(&cols);
-    let spec = Arc::new(FetchSpec {
-        method: "crm.lead.list".into(),
-        select: schema::request_select(&cols, opts.select.is_none()),
-        filter,
-        concurrency: opts.concurrency,
-        max_retries: opts.client.max_retries,
-    });
-    tracing::info!("exporting leads from {} into {} (run {run_id}, {} columns)", client.portal_display(), dataset.display(), cols.len());
-    let staging_run = opts.out.join(STAGING).join(&run_id);
-
-    // labels and dictionaries, staged beside the dataset
+    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
+    let fresh = Checkpoint {
+        format: 1,
+        run_id: new_run_id(),
+        started_at: now_rfc3339(),
+        select: opts.select.clone(),
+        filter: Value::Object(opts.filter.clone()),
+        partition_by: opts.partition.name().into(),
+        schema_fingerprint: fingerprint.clone(),
+        covered: Coverage::default(),
+        files: Vec::new(),
+        rows: 0,
+        max_date_modify: None,
+        rejects: BTreeMap::new(),
+        reject_segments: Vec::new(),
+        next_seq: 0,
+        incremental: base.is_some(),
+    };
+    // incremental: the snapshot it merges into must have been asked for the same way
+    let base = match (base, &opts.incremental) {
+        (Some(b), Some(inc)) => {
+            let differs = [
+                (b.select != fresh.select, "--select"),
+                (b.filter != fresh.filter, "--filter"),
+                (b.partition_by != fresh.partition_by, "--partition-by"),
+                (b.schema_fingerprint != fresh.schema_fingerprint, "the portal's fields"),
+            ];
+            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+                return Err(Error::Usage(format!(
+                    "cannot merge into snapshot v{:06}: {what} differs from the run that wrote it; export a full snapshot with --overwrite (without --incremental)",
+                    b.version
+                )));
+            }
+            let watermark = match inc.since {
+                Some(t) => t,
+                None => b
+                    .max_date_modify
+                    .as_deref()
+                    .and_then(|m| chrono::DateTime::parse_from_rfc3339(m).ok())
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .ok_or_else(|| Error::Usage(format!("snapshot v{:06} records no DATE_MODIFY watermark; give --since", b.version)))?,
+            };
+            let since = watermark - chrono::Duration::from_std(inc.overlap).unwrap_or_default();
+            let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+            filter.insert(">=DATE_MODIFY".into(), json!(since));
+            tracing::info!("incremental: leads modified since {since} (snapshot v{:06} and --overlap)", b.version);
+            let index = rt.block_on(merge::read_index(&out, DATASET, &b.files))?;
+            Some((b, since, Arc::new(index)))
+        }
+        (None, Some(_)) => {
+            tracing::info!("incremental: no committed snapshot in {} yet, exporting a full one", out.display(""));
+            None
+        }
+        _ => None,
+    };
+    let ckpt = match resumed {
+        Some(c) => {
+            let differs = [
+                (c.select != fresh.select, "--select"),
+                (c.filter != fresh.filter, "--filter"),
+                (c.partition_by != fresh.partition_by, "--partition-by"),
+                (c.schema_fingerprint != fresh.schema_fingerprint, "the portal's fields"),
+            ];
+            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+                return Err(Error::Usage(format!(
+                    "cannot --resume run {}: {what} changed since it started; run without --resume to start over",
+                    c.run_id
+                )));
+            }
+            tracing::info!("resuming run {} from its checkpoint: {} leads in {} files already exported", c.run_id, c.rows, c.files.len());
+            c
+        }
+        None => fresh,
+    };
+    let run_id = ckpt.run_id.clone();
+    let resumed_leads = ckpt.rows;
+    let staging = staging_of(&run_id);
+    let saved = Arc::new(std::sync::atomic::AtomicBool::new(resumed_leads > 0 || !ckpt.covered.0.is_empty()));
+    let spool = match &*out {
+        Output::Local { root } => root.join(&staging).join("spool"),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}-{}", std::process::id())),
+    };
     let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
+    let users = rt.block_on(crate::dict::fetch_users(&client))?;
+    let raw_out = match &opts.raw_out {
+        Some(r) => Some((Arc::new(Output::parse(r, &opts.s3)?), meta.clone())),
+        None => None,
+    };
+    // the user's own filter, for the ID listing of --detect-deletes (not limited to recent changes)
+    let mut user_filter = filter.clone();
+    user_filter.remove(">=DATE_MODIFY");
+    let spec = match &item_map {
+        None => FetchSpec {
+            method: "crm.lead.list".into(),
+            select: schema::request_select(&cols, opts.select.is_none()),
+            filter,
+            concurrency: opts.concurrency,
+            max_retries: opts.client.max_retries,
+            extra: Map::new(),
+            normalize: None,
+        },
+        Some(map) => {
+            user_filter = map.item_filter(&user_filter)?;
+            let mut extra = Map::new();
+            extra.insert("entityTypeId".into(), json!(map.entity_type_id));
+            extra.insert("useOriginalUfNames".into(), json!("Y"));
+            let m = map.clone();
+            FetchSpec {
+                method: "crm.item.list".into(),
+                select: vec!["*".into()], // multi-value fields (fm) come only with "*"
+                filter: map.item_filter(&filter)?,
+                concurrency: opts.concurrency,
+                max_retries: opts.client.max_retries,
+                extra,
+                normalize: Some(plan::Normalize(Arc::new(move |raw| m.legacy_records(raw)))),
+            }
+        }
+    };
+    let spec = Arc::new(spec);
+    let source = Source::Portal { client: client.clone(), spec, user_filter };
+    let settings = Settings {
+        partition: opts.partition.clone(),
+        select: opts.select.clone(),
+        filter: opts.filter.clone(),
+        strict: opts.strict,
+        progress: opts.progress,
+        checkpoint_every: opts.checkpoint_every,
+        incremental: opts.incremental.clone(),
+    };
+    let via = if item_map.is_some() { " via crm.item.list" } else { "" };
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: format!("{}{via}", client.portal_display()), statuses, users, raw_out };
+    let result = export_run(run, source, cols, arrow_schema, ckpt, &spool, saved.clone(), existing, base);
+    let _ = std::fs::remove_dir_all(&spool);
+    match result {
+        Ok(mut summary) => {
+            summary.resumed_leads = resumed_leads;
+            summary.seconds = started.elapsed().as_secs_f64();
+            Ok(summary)
+        }
+        Err(e) => {
+            if saved.load(Ordering::Relaxed) {
+                tracing::warn!("run {run_id} stopped; its progress up to the last checkpoint is kept in {}: rerun the same command with --resume to continue", out.display(&staging));
+            } else {
+                let _ = rt.block_on(out.clear(&staging, &[]));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What shapes a run's dataset (from `export` or `convert` options).
+struct Settings {
+    partition: PartitionSpec,
+    select: Option<Vec<String>>,
+    filter: Map<String, Value>,
+    strict: bool,
+    progress: bool,
+    checkpoint_every: Duration,
+    incremental: Option<IncrementalOptions>,
+}
+
+/// What a run works with, besides its pages.
+struct Run<'a> {
+    opts: &'a Settings,
+    rt: &'a tokio::runtime::Runtime,
+    out: &'a Arc<Output>,
+    stats: &'a Arc<ClientStats>,
+    /// The source as the manifest names it (a portal without secrets, or a raw location).
+    display: String,
+    statuses: Vec<crate::dict::Status>,
+    /// `_dict/users`, when the portal lets us read users.
+    users: Option<Vec<crate::dict::User>>,
+    /// `--raw-out` and the field metadata to keep with it.
+    raw_out: Option<(Arc<Output>, Value)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn export_run(
+    run: Run<'_>,
+    source: Source,
+    cols: Vec<schema::Column>,
+    arrow_schema: arrow_schema::SchemaRef,
+    ckpt: Checkpoint,
+    spool: &std::path::Path,
+    saved: Arc<std::sync::atomic::AtomicBool>,
+    existing: Vec<String>,
+    base: Option<(Manifest, String, Arc<Index>)>,
+) -> Result<ExportSummary> {
+    let Run { opts, rt, out, stats, display: source_name, statuses, users, raw_out } = run;
+    let run_id = ckpt.run_id.clone();
+    let staging = staging_of(&run_id);
+    let _ = std::fs::remove_dir_all(spool); // a killed run's unfinished local files
+    std::fs::create_dir_all(spool).map_err(|e| Error::io(spool, e))?;
+    // staged files that no checkpoint lists were being written when the run stopped: drop them
+    let listed: std::collections::HashSet<String> = ckpt
+        .files
+        .iter()
+        .map(|f| format!("{staging}/{DATASET}/{}", f.path))
+        .chain(ckpt.reject_segments.iter().map(|r| format!("{staging}/{REJECTS}/{r}")))
+        .collect();
+    rt.block_on(delete_where(out, &staging, |k| !listed.contains(k) && !k.ends_with("/checkpoint.json") && !k.contains("/spool/")))?;
+
+    tracing::info!("exporting leads from {source_name} into {} (run {run_id}, {} columns)", out.display(DATASET), cols.len());
+
+    // labels and dictionaries, staged with the run
     let dict_tables = [
         ("fields", crate::dict::fields_table(DATASET, &cols)?),
         ("enum_items", crate::dict::enum_items_table(DATASET, &cols)?),
         ("statuses", crate::dict::statuses_table(&statuses)?),
     ];
-    let mut side_files: Vec<(PathBuf, PathBuf)> = Vec::new(); // (staged, published)
+    let mut side_files: Vec<(String, String)> = Vec::new(); // (staged key, published key)
     for (name, table) in &dict_tables {
-        let staged = staging_run.join(DICT).join(name).join(format!("{DATASET}.parquet.staged"));
-        sink::write_table(&staged, table)?;
-        side_files.push((staged, opts.out.join(DICT).join(name).join(format!("{DATASET}.parquet"))));
+        let rel = format!("{DICT}/{name}/{DATASET}.parquet");
+        let local = spool.join(&rel);
+        sink::write_table(&local, table)?;
+        rt.block_on(out.put_file(&local, &format!("{staging}/{rel}")))?;
+        side_files.push((format!("{staging}/{rel}"), rel));
+    }
+    if let Some(users) = &users {
+        let rel = format!("{DICT}/users/users.parquet");
+        let local = spool.join(&rel);
+        sink::write_table(&local, &crate::dict::users_table(users)?)?;
+        rt.block_on(out.put_file(&local, &format!("{staging}/{rel}")))?;
+        side_files.push((format!("{staging}/{rel}"), rel));
     }
 
     // 2. pipeline threads: convert → write
     let progress = Progress::new(stats.clone(), opts.progress);
-    let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<Page>(2);
-    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<RecordBatch>(2);
-    let conv_schema = arrow_schema.clone();
-    let strict = opts.strict;
-    let rejects_staged = staging_run.join(REJECTS).join(format!("{DATASET}.jsonl.staged"));
-    let mut rejects_log = RejectsLog::new(rejects_staged.clone());
-    let converter = std::thread::Builder::new()
-        .name("convert".into())
-        .spawn(move || -> Result<RejectsLog> {
-            while let Some(page) = page_rx.blocking_recv() {
-                let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &cols, &conv_schema, strict)?;
-                rejects_log.add(&rejects)?;
-                if batch_tx.send(batch).is_err() {
-                    break; // the writer failed; it reports why
+    progress.add_leads(ckpt.rows);
+    progress.add_written(ckpt.rows);
+    let (page_tx, page_rx) = tokio::sync::mpsc::channel::<Page>(4);
+    let (batch_tx, batch_rx) = std_mpsc::sync_channel::<Converted>(4);
+    // conversion runs on as many threads as there are cores (pages are independent; the writer takes batches
+    // in any order), and records raw page bodies first when asked to
+    let page_rx = Arc::new(std::sync::Mutex::new(page_rx));
+    let recorder = raw_out.as_ref().map(|_| Arc::new(std::sync::Mutex::new(crate::raw::RawRecorder::new(spool.join("raw")))));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let mut converters = Vec::new();
+    for n in 0..threads {
+        let (rx, tx) = (page_rx.clone(), batch_tx.clone());
+        let (conv_schema, conv_cols, strict, recorder) = (arrow_schema.clone(), cols.clone(), opts.strict, recorder.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("convert-{n}"))
+            .spawn(move || -> Result<()> {
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                    let Some(page) = next else { return Ok(()) };
+                    if let Some(r) = &recorder {
+                        r.lock().unwrap_or_else(|e| e.into_inner()).record(&page.chunks)?;
+                    }
+                    let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
+                    if tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
+                        return Ok(()); // the writer failed; it reports why
+                    }
                 }
-            }
-            rejects_log.close()?;
-            Ok(rejects_log)
-        })
-        .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
-    let sink_cfg = SinkConfig::new(staging_run.join(DATASET), run_id.clone(), opts.partition.clone());
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+        converters.push(handle);
+    }
+    drop(batch_tx);
+    let mut sink_cfg = SinkConfig::new(spool.join(DATASET), run_id.clone(), opts.partition.clone());
+    sink_cfg.first_seq = ckpt.next_seq;
+    let done = ckpt.covered.clone();
+    let before = ckpt.rows;
+    let mut rw = RunWriter {
+        w: DatasetWriter::new(sink_cfg, &arrow_schema)?,
+        out: out.clone(),
+        rt: rt.handle().clone(),
+        staging: staging.clone(),
+        spool: spool.to_path_buf(),
+        rejects: RejectsLog::new(spool.join(REJECTS), ckpt.reject_segments.len(), ckpt.rejects.clone()),
+        ckpt,
+        saved,
+        last: Instant::now(),
+        every: opts.checkpoint_every,
+        known: base.as_ref().map(|b| b.2.clone()),
+        tally: Tally::default(),
+    };
     let writer_progress = progress.clone();
-    let writer_schema = arrow_schema.clone();
     let writer = std::thread::Builder::new()
         .name("write".into())
-        .spawn(move || -> Result<(Vec<FileInfo>, Option<i64>)> {
-            let mut w = DatasetWriter::new(sink_cfg, &writer_schema)?;
-            let mut max_modify: Option<i64> = None;
-            for batch in batch_rx {
-                max_modify = max_modify.max(max_timestamp(&batch, "date_modify"));
-                if let Err(e) = w.write(&batch) {
-                    w.abort();
-                    return Err(e);
-                }
-                writer_progress.add_written(batch.num_rows() as u64);
+        .spawn(move || -> Result<(Checkpoint, Tally)> {
+            for c in batch_rx {
+                let n = c.batch.num_rows() as u64;
+                rw.add(c)?;
+                writer_progress.add_written(n);
             }
-            Ok((w.finish()?, max_modify))
+            rw.checkpoint()?; // the last one: everything fetched is staged
+            Ok((rw.ckpt, rw.tally))
         })
         .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
 
-    // 3. fetch
-    let fetched = rt.block_on(plan::fetch_all(client.clone(), spec, &plan::Coverage::default(), page_tx, progress.clone()));
-    let converted = converter.join().unwrap_or_else(|_| Err(Error::Internal("the converter panicked".into())));
+    // 3. fetch (or read the raw zone)
+    let fetched = match &source {
+        Source::Portal { client, spec, .. } => {
+            rt.block_on(plan::fetch_all(client.clone(), spec.clone(), &done, page_tx, progress.clone())).map(Some)
+        }
+        Source::Raw { raw, input } => crate::raw::read_pages(raw.clone(), rt.handle().clone(), input, &spool.join("scratch"), page_tx).map(|_| None),
+    };
+    let converted = converters
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| Err(Error::Internal("a converter panicked".into()))))
+        .find(|r| r.is_err())
+        .unwrap_or(Ok(()));
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
     progress.finish();
-    let outcome = match (fetched, converted, written) {
-        (Ok(n), Ok(rejects), Ok((files, max_modify))) => Ok((n, rejects, files, max_modify)),
+    let (mut ckpt, tally) = match (fetched, converted, written) {
+        (Ok(n), Ok(()), Ok((c, t))) => {
+            let staged: u64 = c.files.iter().map(|f| f.rows).sum();
+            let counted = n.is_none_or(|n| c.rows + t.refetched_unchanged == before + n);
+            if staged != c.rows || !counted {
+                return Err(Error::Internal(format!("fetched {n:?} leads (and {before} before resuming) but staged {staged} rows")));
+            }
+            (c, t)
+        }
         // a conversion or write error closes the channels, so it explains a fetch that "stopped"
-        (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-        (Err(e), _, _) => Err(e),
-    };
-    let checked = outcome.and_then(|(leads, rejects, files, max_modify)| {
-        let written_rows: u64 = files.iter().map(|f| f.rows).sum();
-        if written_rows != leads {
-            return Err(Error::Internal(format!("fetched {leads} leads but wrote {written_rows} rows")));
-        }
-        Ok((leads, rejects, files, max_modify))
-    });
-    let (leads, rejects, files, max_modify) = match checked {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging_run); // a failed run publishes nothing
-            return Err(e);
-        }
+        (_, Err(e), _) | (_, _, Err(e)) => return Err(e),
+        (Err(e), _, _) => return Err(e),
     };
 
-    // 4. the run is complete: publish its files, commit its manifest, then remove the dataset it replaces
+    // 3b. incremental: the snapshot's files that hold replaced or deleted leads are rewritten without them
+    let mut all_files = ckpt.files.clone();
+    let mut total_rows = ckpt.rows;
+    let mut max_modify = ckpt.max_date_modify;
+    let mut changes = None;
+    if let Some((b, since, index)) = &base {
+        let mut drop = tally.replaced.clone();
+        let mut touched = tally.touched.clone();
+        let mut deleted = 0u64;
+        let keep_deleted = opts.incremental.as_ref().is_some_and(|i| i.keep_deleted);
+        let mut mark = std::collections::HashSet::new();
+        if let (Some(true), Source::Portal { client, user_filter, spec }) = (opts.incremental.as_ref().map(|i| i.detect_deletes), &source) {
+            let live = rt.block_on(fetch_all_ids(client, user_filter.clone(), spec))?;
+            for (id, (file, _)) in &index.rows {
+                if live.contains(id) || drop.contains(id) || index.deleted.contains(id) {
+                    continue;
+                }
+                if keep_deleted {
+                    mark.insert(*id);
+                } else {
+                    drop.insert(*id);
+                }
+                touched.insert(*file);
+                deleted += 1;
+            }
+            tracing::info!("incremental: the portal lists {} leads; {deleted} of the snapshot's are gone", live.len());
+        }
+        let mut seq = ckpt.next_seq;
+        for &i in &touched {
+            let f = &b.files[i as usize];
+            seq += 1;
+            let name = format!("part-{run_id}-{seq:05}.parquet");
+            let merge_spool = spool.join("merge");
+            let at = chrono::Utc::now().timestamp_micros();
+            if let Some(info) = rt.block_on(merge::rewrite_without(out, DATASET, f, &drop, &mark, at, &merge_spool, &name, &run_id))? {
+                rt.block_on(out.put_file(&merge_spool.join(&info.path), &format!("{staging}/{DATASET}/{}", info.path)))?;
+                ckpt.files.push(ManifestFile { path: info.path, rows: info.rows, bytes: info.bytes });
+            }
+        }
+        let carried: Vec<ManifestFile> =
+            b.files.iter().enumerate().filter(|(i, _)| !touched.contains(&(*i as u32))).map(|(_, f)| f.clone()).collect();
+        all_files = carried.iter().cloned().chain(ckpt.files.iter().cloned()).collect();
+        total_rows = all_files.iter().map(|f| f.rows).sum();
+        let base_max = b.max_date_modify.as_deref().and_then(|m| chrono::DateTime::parse_from_rfc3339(m).ok()).map(|d| d.timestamp_micros());
+        max_modify = max_modify.max(base_max);
+        changes = Some(Changes {
+            since: since.clone(),
+            base_version: b.version,
+            inserted: tally.inserted,
+            updated: tally.updated,
+            deleted,
+            unchanged: b.total_rows - tally.updated - deleted,
+            refetched_unchanged: tally.refetched_unchanged,
+            files_rewritten: touched.len() as u64,
+        });
+        let removed = if keep_deleted { 0 } else { deleted };
+        if total_rows != b.total_rows + tally.inserted - removed {
+            return Err(Error::Internal(format!(
+                "the merged snapshot would hold {total_rows} rows, expected {} + {} − {removed}",
+                b.total_rows, tally.inserted
+            )));
+        }
+    }
+
+    // 3c. the raw landing zone, complete before the dataset commits
+    if let (Some((raw, fields)), Some(recorder)) = (&raw_out, recorder) {
+        let recorder = Arc::try_unwrap(recorder).map_err(|_| Error::Internal("the raw recorder is still shared".into()))?;
+        let (files, list_calls) = recorder.into_inner().unwrap_or_else(|e| e.into_inner()).finish()?;
+        let meta = crate::raw::RawRun {
+            format: 1,
+            run_id: run_id.clone(),
+            started_at: ckpt.started_at.clone(),
+            source: source_name.clone(),
+            entity: DATASET.into(),
+            select: opts.select.clone(),
+            filter: Value::Object(opts.filter.clone()),
+            pages: Vec::new(),
+            list_calls,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let at = rt.block_on(crate::raw::publish(raw, meta, &files, fields, &statuses, users.as_deref()))?;
+        tracing::info!("raw pages ({list_calls} list calls) kept in {at}");
+    }
+
+    // 4. the run is complete: publish its files, commit its manifest, then remove what it replaces
     let mut manifest = Manifest {
         format: 1,
         dataset: DATASET.into(),
         version: 0,
         run_id: run_id.clone(),
-        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started_at: ckpt.started_at.clone(),
+        finished_at: now_rfc3339(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        source: client.portal_display(),
+        source: source_name.clone(),
         select: opts.select.clone(),
         filter: Value::Object(opts.filter.clone()),
         partition_by: opts.partition.name().into(),
         partition_column: opts.partition.key_name().map(str::to_string),
-        files: files.iter().map(|f| ManifestFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
-        total_rows: leads,
-        schema_fingerprint: arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default(),
+        files: all_files.clone(),
+        total_rows,
+        schema_fingerprint: ckpt.schema_fingerprint.clone(),
         max_date_modify: max_modify
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        incremental: changes.clone(),
     };
-    // dictionaries and rejects describe the new data: put them in place with it, before the commit
-    let rejects_file = opts.out.join(REJECTS).join(format!("{DATASET}.jsonl"));
-    if rejects.total() > 0 {
-        side_files.push((rejects_staged, rejects_file.clone()));
-    }
-    let committed = sink::publish(&staging_run.join(DATASET), &dataset, &files)
-        .and_then(|()| side_files.iter().try_for_each(|(staged, published)| sink::publish_file(staged, published)))
-        .and_then(|()| manifest::commit(&manifest::dir(&opts.out, DATASET), &mut manifest));
-    if let Err(e) = committed {
-        remove_run_files(&dataset, &run_id);
-        let _ = std::fs::remove_dir_all(&staging_run);
+    let rejects_total: u64 = ckpt.rejects.values().sum();
+    let rejects_key = format!("{REJECTS}/{DATASET}.jsonl");
+    let publish = async {
+        for f in &ckpt.files {
+            out.rename(&format!("{staging}/{DATASET}/{}", f.path), &format!("{DATASET}/{}", f.path)).await?;
+        }
+        // dictionaries and rejects describe the new data: put them in place with it, before the commit
+        for (staged, published) in &side_files {
+            out.rename(staged, published).await?;
+        }
+        if rejects_total > 0 {
+            let local = spool.join(format!("{DATASET}.jsonl"));
+            let mut file = std::fs::File::create(&local).map_err(|e| Error::io(&local, e))?;
+            for seg in &ckpt.reject_segments {
+                out.copy_to(&format!("{staging}/{REJECTS}/{seg}"), &mut file).await?;
+            }
+            file.sync_all().map_err(|e| Error::io(&local, e))?;
+            drop(file);
+            out.put_file(&local, &rejects_key).await?;
+        }
+        manifest::commit(out, &mut manifest).await
+    };
+    if let Err(e) = rt.block_on(publish) {
+        // not committed: take back what was published, so the dataset stays the previous snapshot
+        let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+        rt.block_on(async {
+            for k in &ours {
+                let _ = out.delete(k).await;
+            }
+        });
+        let _ = rt.block_on(out.clear(&staging, &[]));
         return Err(e);
     }
+
     // committed: what follows is cleanup, and each step is tried whatever the others do
-    if rejects.total() == 0 && rejects_file.exists() {
-        if let Err(e) = std::fs::remove_file(&rejects_file) {
-            tracing::warn!("could not remove the stale {}: {e}", rejects_file.display());
+    let keep: std::collections::HashSet<String> = all_files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+    let cleanup = async {
+        if rejects_total == 0 {
+            out.delete(&rejects_key).await?;
         }
-    }
-    let _ = std::fs::remove_dir_all(&staging_run);
-    let replaced = previous.len();
-    if let Err(e) = sink::remove_files(&dataset, &previous) {
-        tracing::warn!("snapshot v{:06} is committed, but files of the previous one could not be removed ({e}); `b24-export sql` reads only the new one", manifest.version);
-    }
+        // the previous snapshot, and files of failed runs, in the dataset
+        let old = delete_where(out, DATASET, |k| k.ends_with(".parquet") && !keep.contains(k)).await?;
+        // staged work of this run and of interrupted ones
+        out.clear(STAGING, &[LOCK]).await?;
+        Ok::<usize, Error>(old)
+    };
+    let replaced = match rt.block_on(cleanup) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("snapshot v{:06} is committed, but cleaning up after it failed ({e}); `b24-export sql` reads only the new snapshot", manifest.version);
+            existing.len()
+        }
+    };
+    let rejects_file = (rejects_total > 0).then(|| out.display(&rejects_key));
     Ok(ExportSummary {
-        dataset,
+        dataset: out.display(DATASET),
         run_id,
-        leads,
-        bytes: files.iter().map(|f| f.bytes).sum(),
-        files,
+        leads: total_rows,
+        resumed_leads: 0,
+        bytes: all_files.iter().map(|f| f.bytes).sum(),
+        files: all_files,
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
         paused_secs: stats.paused_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         operating_blocks: stats.operating_blocks.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
         replaced,
         manifest_version: manifest.version,
-        rejects: rejects.counts,
-        rejects_file: (rejects.total > 0).then_some(rejects_file),
+        rejects: ckpt.rejects,
+        rejects_file,
+        changes,
     })
 }
 
-/// Values that did not fit their column: counted per field and streamed to a JSON-lines file, so their number
-/// does not cost memory.
+/// Every ID the portal lists for the user's filter (select ID only, through the same planner): for
+/// `--detect-deletes`.
+async fn fetch_all_ids(
+    client: &Arc<PortalClient>,
+    filter: Map<String, Value>,
+    like: &FetchSpec,
+) -> Result<std::collections::HashSet<i64>> {
+    #[derive(Deserialize)]
+    struct IdRow {
+        #[serde(rename = "ID")]
+        id: Value,
+    }
+    let spec = Arc::new(FetchSpec {
+        method: like.method.clone(),
+        select: vec![if like.normalize.is_some() { "id" } else { "ID" }.into()],
+        filter,
+        concurrency: like.concurrency,
+        max_retries: like.max_retries,
+        extra: like.extra.clone(),
+        normalize: like.normalize.clone(),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(4);
+    let collect = tokio::spawn(async move {
+        let mut ids = std::collections::HashSet::new();
+        while let Some(page) = rx.recv().await {
+            for chunk in &page.chunks {
+                let rows: Vec<IdRow> = serde_json::from_str(chunk.get()).map_err(|e| Error::Internal(format!("an ID page did not parse again: {e}")))?;
+                for r in rows {
+                    let id = match &r.id {
+                        Value::String(s) => s.parse().ok(),
+                        Value::Number(n) => n.as_i64(),
+                        _ => None,
+                    };
+                    ids.insert(id.ok_or_else(|| Error::Internal(format!("a lead without a numeric ID: {}", r.id)))?);
+                }
+            }
+        }
+        Ok::<_, Error>(ids)
+    });
+    let progress = Progress::new(client.stats().clone(), false);
+    plan::fetch_all(client.clone(), spec, &Coverage::default(), tx, progress).await?;
+    collect.await.map_err(|e| Error::Internal(format!("ID collection failed: {e}")))?
+}
+
+/// Rebuilds a dataset from a raw landing zone (`b24-export convert`), with the same commit protocol as an export.
+pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    let raw = Arc::new(Output::parse(&opts.raw, &opts.s3)?);
+    let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
+    let _lock = match &*out {
+        Output::Local { root } => Some(OutputLock::take(root)?),
+        Output::S3 { .. } => None,
+    };
+    let existing: Vec<String> =
+        rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
+    if !existing.is_empty() && !opts.overwrite {
+        return Err(Error::Usage(format!(
+            "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, or choose another --out",
+            out.display(DATASET),
+            existing.len()
+        )));
+    }
+    let input = rt.block_on(crate::raw::open(&raw))?;
+    let filter = match &input.run.filter {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    let cols = schema::build_columns(&input.fields, input.run.select.as_deref(), &required)?;
+    for r in &required {
+        if !cols.iter().any(|c| c.source == *r) {
+            return Err(Error::Usage(format!("--partition-by needs the field {r}, which the raw run's fields do not list")));
+        }
+    }
+    let arrow_schema = schema::arrow_schema(&cols);
+    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
+    let ckpt = Checkpoint {
+        format: 1,
+        run_id: new_run_id(),
+        started_at: now_rfc3339(),
+        select: input.run.select.clone(),
+        filter: Value::Object(filter.clone()),
+        partition_by: opts.partition.name().into(),
+        schema_fingerprint: fingerprint,
+        covered: Coverage::default(),
+        files: Vec::new(),
+        rows: 0,
+        max_date_modify: None,
+        rejects: BTreeMap::new(),
+        reject_segments: Vec::new(),
+        next_seq: 0,
+        incremental: false,
+    };
+    let spool = match &*out {
+        Output::Local { root } => root.join(staging_of(&ckpt.run_id)).join("spool"),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{}-{}", ckpt.run_id, std::process::id())),
+    };
+    let settings = Settings {
+        partition: opts.partition.clone(),
+        select: input.run.select.clone(),
+        filter,
+        strict: opts.strict,
+        progress: opts.progress,
+        checkpoint_every: Duration::from_secs(3600 * 24),
+        incremental: None,
+    };
+    let stats = Arc::new(ClientStats::default());
+    let source_name = format!("{} (raw run {} of {})", raw.display(&input.folder), input.run.run_id, input.run.source);
+    let statuses = input.statuses.clone();
+    let users = input.users.clone();
+    let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: source_name, statuses, users, raw_out: None };
+    let saved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let staging = staging_of(&ckpt.run_id);
+    let result = export_run(run, Source::Raw { raw, input: Box::new(input) }, cols, arrow_schema, ckpt, &spool, saved, existing, None);
+    let _ = std::fs::remove_dir_all(&spool);
+    match result {
+        Ok(mut summary) => {
+            summary.seconds = started.elapsed().as_secs_f64();
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = rt.block_on(out.clear(&staging, &[]));
+            Err(e)
+        }
+    }
+}
+
+/// Values that did not fit their column: counted per field and streamed to JSON-lines files, one segment per
+/// checkpoint, so their number does not cost memory and a resumed run keeps those already staged.
 struct RejectsLog {
-    path: PathBuf,
-    out: Option<std::io::BufWriter<std::fs::File>>,
+    dir: PathBuf,
+    next: usize,
+    out: Option<(String, std::io::BufWriter<std::fs::File>)>,
     counts: BTreeMap<String, u64>,
-    total: u64,
 }
 
 impl RejectsLog {
-    fn new(path: PathBuf) -> Self {
-        RejectsLog { path, out: None, counts: BTreeMap::new(), total: 0 }
-    }
-
-    fn total(&self) -> u64 {
-        self.total
+    fn new(dir: PathBuf, next: usize, counts: BTreeMap<String, u64>) -> Self {
+        RejectsLog { dir, next, out: None, counts }
     }
 
     fn add(&mut self, rejects: &[crate::convert::Reject]) -> Result<()> {
         use std::io::Write;
         for r in rejects {
             if self.out.is_none() {
-                if let Some(parent) = self.path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-                }
-                let f = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
-                self.out = Some(std::io::BufWriter::new(f));
+                std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                self.next += 1;
+                let name = format!("part-{:05}.jsonl", self.next);
+                let path = self.dir.join(&name);
+                let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+                self.out = Some((name, std::io::BufWriter::new(f)));
             }
             let line = serde_json::to_string(r).map_err(|e| Error::Internal(e.to_string()))?;
-            let out = self.out.as_mut().expect("opened");
-            writeln!(out, "{line}").map_err(|e| Error::io(&self.path, e))?;
+            let (name, out) = self.out.as_mut().expect("opened");
+            writeln!(out, "{line}").map_err(|e| Error::io(self.dir.join(name.as_str()), e))?;
             *self.counts.entry(r.field.clone()).or_default() += 1;
-            self.total += 1;
         }
         Ok(())
     }
 
-    fn close(&mut self) -> Result<()> {
+    /// Closes the current segment, if any, and returns its file name.
+    fn close_segment(&mut self) -> Result<Option<String>> {
         use std::io::Write;
-        if let Some(mut out) = self.out.take() {
-            out.flush().map_err(|e| Error::io(&self.path, e))?;
-            out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))?;
-        }
-        Ok(())
+        let Some((name, mut out)) = self.out.take() else { return Ok(None) };
+        let path = self.dir.join(&name);
+        out.flush().map_err(|e| Error::io(&path, e))?;
+        out.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+        Ok(Some(name))
     }
 }
 
@@ -379,17 +1190,6 @@ fn max_timestamp(batch: &RecordBatch, column: &str) -> Option<i64> {
     let col = batch.column_by_name(column)?;
     let ts = col.as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()?;
     ts.iter().flatten().max()
-}
-
-/// Best-effort removal of a failed run's files, so a failed run leaves the previous dataset as it was.
-fn remove_run_files(dataset: &std::path::Path, run_id: &str) {
-    if let Ok(files) = sink::list_dataset_files(dataset) {
-        let ours: Vec<PathBuf> = files
-            .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(run_id)))
-            .collect();
-        let _ = sink::remove_files(dataset, &ours);
-    }
 }
 
 /// The columns an export would write, from the portal's field metadata (for `b24-export schema`).
@@ -404,10 +1204,10 @@ pub fn portal_columns(auth: &AuthConfig, client: ClientConfig, select: Option<&[
     schema::build_columns(&meta, select, &[])
 }
 
-/// A DuckDB query that reads the dataset.
-pub fn duckdb_query(dataset: &std::path::Path) -> String {
+/// A DuckDB query that reads every Parquet file of the dataset (what a plain glob sees).
+pub fn duckdb_query(dataset: &str) -> String {
     format!(
         "SELECT count(*) FROM read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true);",
-        dataset.display().to_string().replace('\'', "''")
+        dataset.replace('\'', "''")
     )
 }

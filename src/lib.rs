@@ -2,15 +2,17 @@
 //!
 //! Data flows one way: [`client`] (portal transport) → [`plan`] (ID-cursor pages) → [`convert`]
 //! (JSON → Arrow, typed by [`schema`]) → [`sink`] (partitioned Parquet files). [`export`] wires the stages,
-//! [`sim`] is the simulated portal used by the demo and the tests.
+//! [`raw`] keeps page bodies for `convert`, [`sim`] is the simulated portal used by the demo and the tests.
 
 pub mod client;
 pub mod convert;
 pub mod dict;
 pub mod error;
 pub mod export;
+pub mod item;
 pub mod plan;
 pub mod progress;
+pub mod raw;
 pub mod schema;
 pub mod secret;
 pub mod sim;

@@ -42,6 +42,38 @@ pub struct FetchSpec {
     pub concurrency: usize,
     /// Retries of one cursor step that failed inside a batch.
     pub max_retries: u32,
+    /// Parameters of every list call besides order/filter/select/start (e.g. `entityTypeId` for crm.item.list).
+    pub extra: Map<String, Value>,
+    /// Turns a command's result into the legacy list shape (a JSON array of records with `ID`), for list
+    /// methods that answer otherwise (crm.item.list: `{"items":[…]}`).
+    pub normalize: Option<Normalize>,
+}
+
+/// See [`FetchSpec::normalize`].
+#[derive(Clone)]
+pub struct Normalize(pub Arc<NormalizeFn>);
+
+/// Raw command result → legacy list result, or why not.
+pub type NormalizeFn = dyn Fn(&RawValue) -> std::result::Result<Box<RawValue>, String> + Send + Sync;
+
+impl std::fmt::Debug for Normalize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Normalize(..)")
+    }
+}
+
+impl FetchSpec {
+    /// A command's result in the legacy list shape.
+    fn normalized(&self, key: &str, raw: Box<RawValue>) -> Result<Box<RawValue>, PortalError> {
+        match &self.normalize {
+            None => Ok(raw),
+            Some(n) => (n.0)(&raw).map_err(|message| PortalError::Protocol {
+                method: self.method.clone(),
+                status: 200,
+                message: format!("command {key}: {message}"),
+            }),
+        }
+    }
 }
 
 /// Fetched records, in no particular order: each chunk is the raw JSON array one list call returned.
@@ -169,7 +201,7 @@ fn list_params(spec: &FetchSpec, extra: &[(&str, Value)], order: &str, select: &
     for (k, v) in extra {
         filter.insert((*k).to_string(), v.clone());
     }
-    let mut p = Map::new();
+    let mut p = spec.extra.clone();
     p.insert("order".into(), json!({"ID": order}));
     p.insert("filter".into(), Value::Object(filter));
     p.insert("select".into(), json!(select));
@@ -283,8 +315,8 @@ async fn probe(client: &PortalClient, spec: &FetchSpec) -> Result<Option<Probe>,
             continue;
         };
         let total = out.totals.get("min").copied();
-        let min = ids_of(&spec.method, "min", &min)?;
-        let max = ids_of(&spec.method, "max", &max)?;
+        let min = ids_of(&spec.method, "min", &spec.normalized("min", min)?)?;
+        let max = ids_of(&spec.method, "max", &spec.normalized("max", max)?)?;
         match (min.first().copied().flatten(), max.first().copied().flatten(), min.is_empty(), max.is_empty()) {
             (Some(lo), Some(hi), _, _) if lo <= hi => return Ok(Some(Probe { lo, hi, total })),
             (None, None, true, true) => return Ok(None),
@@ -670,6 +702,7 @@ pub async fn fetch_all(
                 continue;
             };
             r.failures[dir as usize] = 0;
+            let res = spec.normalized(&key, res)?;
             let ids = ids_of(&spec.method, &key, &res)?;
             let mut prev: Option<i64> = None;
             for (n, id) in ids.iter().enumerate() {

@@ -224,6 +224,13 @@ fn a_failed_run_publishes_nothing_and_keeps_the_previous_dataset() {
     assert!(stderr.contains("INTERNAL_SERVER_ERROR") && stderr.contains("attempt"), "{stderr}");
     let after = read_dataset(&out.join("leads"));
     assert_eq!(after.rows, before.rows, "the previous dataset must stay exactly as it was");
+    // what it had fetched is kept for --resume, outside the dataset
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let staged = walk(&out.join(".b24-staging"));
+    assert!(staged.iter().any(|p| p.ends_with("/checkpoint.json")), "{staged:?}");
+    // the next run that commits (without --resume) clears those leftovers
+    assert_success(&export(&good.webhook_url(), &out, &["--overwrite"]));
+    assert_eq!(read_dataset(&out.join("leads")).rows, before.rows);
     assert!(walk(&out).iter().all(|p| !p.contains(".b24-staging")), "staging leftovers: {:?}", walk(&out));
 }
 

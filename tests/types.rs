@@ -66,6 +66,25 @@ fn check_types_and_values(offset_secs: i32, bool_uf_json: bool) {
     ));
     assert_eq!(joined[0]["n"], json!(4_000));
     assert_eq!(joined[0]["named"], json!(4_000));
+
+    // users (user.get, active or not): every user column of every lead joins to a person
+    let users_file = out.join("_dict/users/users.parquet").display().to_string();
+    let users = query(&format!("SELECT id, name, last_name, email, active FROM '{users_file}' ORDER BY id"));
+    let want_users: Vec<Value> = data::users()
+        .iter()
+        .map(|u| {
+            let email = u["EMAIL"].as_str().unwrap();
+            json!({"id": u["ID"].as_str().unwrap().parse::<i64>().unwrap(), "name": u["NAME"], "last_name": u["LAST_NAME"],
+                   "email": if email.is_empty() { Value::Null } else { json!(email) }, "active": u["ACTIVE"]})
+        })
+        .collect();
+    assert_eq!(users.into_iter().map(Value::Object).collect::<Vec<_>>(), want_users);
+    let people = query(&format!(
+        "SELECT count(*) AS n, count(a.id) AS assigned, count(c.id) AS creators FROM read_parquet('{}/leads/**/*.parquet') l \
+         LEFT JOIN '{users_file}' a ON a.id = l.assigned_by_id LEFT JOIN '{users_file}' c ON c.id = l.created_by_id",
+        out.display()
+    ));
+    assert_eq!((people[0]["assigned"].clone(), people[0]["creators"].clone()), (json!(4_000), json!(4_000)));
 }
 
 #[test]

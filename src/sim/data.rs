@@ -199,6 +199,30 @@ pub fn is_user_field(name: &str) -> bool {
 pub const SEGMENT_ITEMS: &[(i64, &str)] = &[(79, "Retail"), (80, "Wholesale"), (81, "Partner"), (82, "Government")];
 pub const INTEREST_ITEMS: &[(i64, &str)] = &[(101, "Hardware"), (102, "Software"), (103, "Support"), (104, "Training")];
 
+/// The portal's users (`user.get`): IDs 1..=40, the ones lead user fields refer to; the last three were fired
+/// (`ACTIVE` false), and user 40 has no e-mail.
+pub fn users() -> Vec<Value> {
+    const FIRST: &[&str] = &["Anna", "Boris", "Chloé", "Dmitri", "Elif", "Farid", "Greta", "Hiroshi"];
+    const LAST: &[&str] = &["Ivanova", "Jensen", "Kowalski", "Lefèvre", "Müller", "Novák", "Okafor"];
+    (1..=40i64)
+        .map(|id| {
+            let (first, last) = (FIRST[(id as usize * 5) % FIRST.len()], LAST[(id as usize * 3) % LAST.len()]);
+            json!({
+                "ID": id.to_string(),
+                "XML_ID": format!("u{id}"),
+                "ACTIVE": id <= 37,
+                "NAME": first,
+                "LAST_NAME": last,
+                "SECOND_NAME": "",
+                "EMAIL": if id == 40 { String::new() } else { format!("{}.{}{id}@example.com", first.to_lowercase(), last.to_lowercase()) },
+                "LAST_LOGIN": "2024-07-25T13:06:54+00:00",
+                "UF_DEPARTMENT": [1 + id % 4],
+                "USER_TYPE": "employee",
+            })
+        })
+        .collect()
+}
+
 /// `crm.status.list` rows: (ENTITY_ID, STATUS_ID, NAME, SORT, SEMANTICS).
 pub fn status_dictionary() -> Vec<(&'static str, &'static str, &'static str, i64, Option<&'static str>)> {
     let mut out = vec![
@@ -334,6 +358,8 @@ pub fn generate_ids(n: usize, seed: u64, layout: IdLayout) -> Vec<i64> {
 
 const T0: i64 = 1_546_300_800; // 2019-01-01T00:00:00Z
 const SPAN: i64 = 7 * 365 * 86_400; // leads are spread over seven years
+/// No generated DATE_MODIFY is later than this (creation within the span + 3 days, modification ≤ 90 days later).
+pub const LATEST_MODIFY: i64 = T0 + SPAN + 86_400 * 93;
 
 /// The typed values of lead `id`, in [`FIELDS`] order. `position` is the lead's index among all IDs and
 /// `count` the portal size (they spread creation dates over the years, increasing with the ID).

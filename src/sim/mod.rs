@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod filter;
+pub mod item;
 pub mod params;
 
 use std::net::SocketAddr;
@@ -176,6 +177,10 @@ struct Store {
     original: Vec<i64>,
     /// Updated leads: id → number of updates.
     versions: HashMap<i64, u32>,
+    /// DATE_MODIFY of leads changed or created since the start (unix seconds): the portal stamps "now".
+    modified: HashMap<i64, i64>,
+    /// The portal's clock for changes: later than every generated DATE_MODIFY, advancing with each change.
+    clock: i64,
     next_id: i64,
 }
 
@@ -187,7 +192,34 @@ impl Store {
         if let Some(v) = self.versions.get(&id) {
             apply_version(&mut t, *v);
         }
+        if let Some(m) = self.modified.get(&id) {
+            for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
+                if def.name == "DATE_MODIFY" {
+                    *val = Truth::DateTime(*m);
+                }
+            }
+        }
         t
+    }
+
+    fn tick(&mut self) -> i64 {
+        self.clock += 7;
+        self.clock
+    }
+
+    fn update(&mut self, id: i64) {
+        *self.versions.entry(id).or_default() += 1;
+        let now = self.tick();
+        self.modified.insert(id, now);
+    }
+
+    fn insert(&mut self, gap: i64) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1 + gap;
+        self.live.push(id);
+        let now = self.tick();
+        self.modified.insert(id, now);
+        id
     }
 }
 
@@ -195,6 +227,8 @@ fn apply_version(t: &mut [Truth], v: u32) {
     for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
         match (def.name, val) {
             ("TITLE", Truth::Str(s)) => *s = format!("{s} (v{v})"),
+            // every other edit moves the lead to another stage (and, partitioned by status_id, another folder)
+            ("STATUS_ID", Truth::Str(s)) if v % 2 == 1 => *s = if s == "IN_PROCESS" { "NEW".into() } else { "IN_PROCESS".into() },
             ("DATE_MODIFY", Truth::DateTime(secs)) => *secs += 60 * v as i64,
             _ => {}
         }
@@ -247,7 +281,14 @@ impl SimPortal {
         }
         let ids = data::generate_ids(cfg.leads, cfg.seed, cfg.id_layout);
         let next_id = ids.last().copied().unwrap_or(0) + 1;
-        let store = Arc::new(RwLock::new(Store { live: ids.clone(), original: ids, versions: HashMap::new(), next_id }));
+        let store = Arc::new(RwLock::new(Store {
+            live: ids.clone(),
+            original: ids,
+            versions: HashMap::new(),
+            modified: HashMap::new(),
+            clock: data::LATEST_MODIFY + 3600,
+            next_id,
+        }));
         let stats = Arc::new(SimStats::default());
         let oauth_state = Arc::new(Mutex::new(cfg.oauth.as_ref().map(|o| OAuthState {
             access: o.access_token.clone(),
@@ -318,6 +359,26 @@ impl SimPortal {
     /// The IDs the portal had when it started.
     pub fn initial_ids(&self) -> Vec<i64> {
         self.store.read().expect("store").original.clone()
+    }
+
+    /// Changes between runs, as users make them: a new lead (created and modified "now"), an edit of an existing
+    /// lead (a new TITLE, DATE_MODIFY "now"), a deletion. The portal's clock moves forward with every change.
+    pub fn insert_lead(&self) -> i64 {
+        self.store.write().expect("store").insert(fastrand::i64(0..5))
+    }
+
+    pub fn update_lead(&self, id: i64) {
+        self.store.write().expect("store").update(id);
+    }
+
+    pub fn delete_lead(&self, id: i64) {
+        let mut st = self.store.write().expect("store");
+        st.live.retain(|&x| x != id);
+    }
+
+    /// Moves the portal's clock forward (time passing between two scheduled runs).
+    pub fn advance_clock(&self, secs: i64) {
+        self.store.write().expect("store").clock += secs;
     }
 
     /// The typed ground truth of the lead at `position` in [`SimPortal::ids`], in [`data::FIELDS`] order.
@@ -419,11 +480,9 @@ impl State {
             let victim = (call_no as usize * 7919) % st.live.len();
             st.live.remove(victim);
             let updated = st.live[(call_no as usize * 104_729) % st.live.len()];
-            *st.versions.entry(updated).or_default() += 1;
+            st.update(updated);
         }
-        let id = st.next_id;
-        st.next_id += 1 + (call_no % 3) as i64;
-        st.live.push(id);
+        st.insert((call_no % 3) as i64);
         self.stats.mutations.fetch_add(1, AtomicOrdering::Relaxed);
     }
 }
@@ -638,13 +697,33 @@ fn call(
             m.insert("result".into(), data::fields_metadata());
             Ok(m)
         }
-        "crm.lead.list" => {
+        "crm.item.fields" => {
+            entity_type(params)?;
+            let original = php_bool(params::param(params, "useOriginalUfNames"));
+            let mut m = Map::new();
+            m.insert("result".into(), item::fields(original));
+            Ok(m)
+        }
+        "crm.lead.list" | "crm.item.list" => {
             let calls = state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed) + 1;
             if state.cfg.mutate_every.is_some_and(|n| calls % n.max(1) == 0) {
                 state.mutate(calls);
             }
             let mut counted = 0u64;
-            let r = lead_list(state, params, &mut counted);
+            let r = if method == "crm.item.list" {
+                entity_type(params)?;
+                let original = php_bool(params::param(params, "useOriginalUfNames"));
+                let mut legacy = Map::new();
+                let filter = params::normalize(Value::Object(array_param(params, "filter")?)).as_object().cloned().unwrap_or_default();
+                legacy.insert("filter".into(), Value::Object(item::legacy_keys(&filter, "filter")?));
+                legacy.insert("order".into(), Value::Object(item::legacy_keys(&array_param(params, "order")?, "order")?));
+                if let Some(start) = params.get("start") {
+                    legacy.insert("start".into(), start.clone());
+                }
+                lead_list(state, &legacy, &mut counted, Some(original))
+            } else {
+                lead_list(state, params, &mut counted, None)
+            };
             // a counted page (start >= 0) also pays for COUNT(*) over the matches
             let this = state.cfg.list_cost + state.cfg.count_cost_per_row * counted as u32;
             *cost += this;
@@ -652,6 +731,22 @@ fn call(
             r
         }
         "crm.status.list" => status_list(params),
+        "user.get" => {
+            // 50 per page, `start` as for lists (`-1` without a count); inactive users are listed too
+            let users = data::users();
+            let start = int_param(params::param(params, "start"));
+            let from = if start < 0 { 0 } else { (start as usize / 50) * 50 };
+            let page: Vec<Value> = users.iter().skip(from).take(50).cloned().collect();
+            let mut m = Map::new();
+            m.insert("result".into(), Value::Array(page));
+            if start >= 0 {
+                if from + 50 < users.len() {
+                    m.insert("next".into(), json!(from + 50));
+                }
+                m.insert("total".into(), json!(users.len()));
+            }
+            Ok(m)
+        }
         "batch" if allow_batch => batch(state, params, cost),
         "batch" => Err(ApiErr(StatusCode::METHOD_NOT_ALLOWED, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage".into())),
         _ => Err(ApiErr(StatusCode::NOT_FOUND, "ERROR_METHOD_NOT_FOUND", "Method not found!".into())),
@@ -694,7 +789,17 @@ fn select_filter(select: &[String]) -> impl Fn(&FieldDef) -> bool + '_ {
     }
 }
 
-fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64) -> Result<Map<String, Value>, ApiErr> {
+/// `crm.item.*` serve leads only (entityTypeId 1).
+fn entity_type(params: &Map<String, Value>) -> Result<i64, ApiErr> {
+    match int_param(params::param(params, "entityTypeId")) {
+        1 => Ok(1),
+        0 => Err(ApiErr(StatusCode::BAD_REQUEST, "INVALID_ARG_VALUE", "entityTypeId is required".into())),
+        _ => Err(ApiErr(StatusCode::BAD_REQUEST, "NOT_FOUND", "SPA not found".into())),
+    }
+}
+
+/// `crm.lead.list`, or `crm.item.list` (`item` = Some(useOriginalUfNames)) given legacy names.
+fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, item: Option<bool>) -> Result<Map<String, Value>, ApiErr> {
     let order = array_param(params, "order")?;
     let filter = array_param(params, "filter")?;
     let select: Vec<String> = match params::param(params, "select").cloned().map(params::normalize) {
@@ -773,7 +878,7 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64) -
             let mut m = Map::new();
             let page_no = off / PAGE + 1;
             let page_count = total.div_ceil(PAGE);
-            m.insert("result".into(), render_rows(state, ids, &rows, &select));
+            m.insert("result".into(), render_for(state, ids, &rows, &select, item));
             if page_no < page_count {
                 m.insert("next".into(), json!(page_no * PAGE));
             }
@@ -782,9 +887,19 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64) -
         }
     }
     let mut m = Map::new();
-    m.insert("result".into(), render_rows(state, ids, &rows, &select));
+    m.insert("result".into(), render_for(state, ids, &rows, &select, item));
     m.insert("total".into(), json!(0));
     Ok(m)
+}
+
+fn render_for(state: &State, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String], item: Option<bool>) -> Value {
+    match item {
+        None => render_rows(state, ids, rows, select),
+        Some(original) => {
+            let items: Vec<Value> = rows.iter().map(|(pos, t)| Value::Object(item::render(t, ids[*pos], &state.enc, original))).collect();
+            json!({ "items": items })
+        }
+    }
 }
 
 fn sort_key(idx: usize, t: &Truth) -> Key {

@@ -2,14 +2,11 @@
 //! (`OUT/_manifests/<dataset>/v000042.json`). A snapshot exists once its manifest does; readers that follow the
 //! latest manifest (`b24-export sql`) see exactly one complete snapshot, whatever the files on disk.
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::sink::output::{Created, Output};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManifestFile {
@@ -40,76 +37,94 @@ pub struct Manifest {
     pub schema_fingerprint: String,
     /// The highest DATE_MODIFY exported (RFC 3339, UTC): the watermark of an incremental run.
     pub max_date_modify: Option<String>,
+    /// What an incremental run changed (absent for a full snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Changes>,
 }
 
-/// `OUT/_manifests/<dataset>`.
-pub fn dir(out: &Path, dataset: &str) -> PathBuf {
-    out.join("_manifests").join(dataset)
+/// The outcome of an incremental run, against the snapshot it started from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Changes {
+    /// The DATE_MODIFY condition sent (watermark minus overlap), RFC 3339.
+    pub since: String,
+    /// The manifest version the run merged into.
+    pub base_version: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Rows of the base snapshot carried over as they were.
+    pub unchanged: u64,
+    /// Leads fetched again because of the overlap, identical to what the snapshot holds (not rewritten).
+    pub refetched_unchanged: u64,
+    /// Files of the base snapshot replaced by this run.
+    pub files_rewritten: u64,
 }
 
-fn version_of(name: &str) -> Option<u64> {
+/// `_manifests/<dataset>`, relative to the output root.
+pub fn dir(dataset: &str) -> String {
+    format!("_manifests/{dataset}")
+}
+
+fn version_of(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
     name.strip_prefix('v')?.strip_suffix(".json")?.parse().ok()
 }
 
-/// The latest committed manifest, if any.
-pub fn latest(dir: &Path) -> Result<Option<Manifest>> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
-    let mut best: Option<(u64, PathBuf)> = None;
-    for e in entries {
-        let e = e.map_err(|e| Error::io(dir, e))?;
-        if let Some(v) = version_of(&e.file_name().to_string_lossy()) {
-            if best.as_ref().is_none_or(|(b, _)| v > *b) {
-                best = Some((v, e.path()));
+fn key_of(dataset: &str, version: u64) -> String {
+    format!("{}/v{version:06}.json", dir(dataset))
+}
+
+/// The latest committed manifest of `dataset`, if any.
+pub async fn latest(out: &Output, dataset: &str) -> Result<Option<Manifest>> {
+    let best = out.list(&dir(dataset)).await?.into_iter().filter_map(|(k, _)| version_of(&k)).max();
+    let Some(v) = best else { return Ok(None) };
+    let key = key_of(dataset, v);
+    let Some(bytes) = out.get(&key).await? else { return Ok(None) };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("{} is not a readable manifest: {e}", out.display(&key))))
+}
+
+/// Commits `m` as the next version of its dataset with a create-only put (the commit point of a run). A put whose
+/// outcome is unknown (a timeout, a lost answer) is read back before it is tried again. Returns the version.
+pub async fn commit(out: &Output, m: &mut Manifest) -> Result<u64> {
+    m.version = latest(out, &m.dataset).await?.map_or(1, |l| l.version + 1);
+    let key = key_of(&m.dataset, m.version);
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match out.put_create(&key, text.clone()).await {
+            Ok(Created::Yes) => return Ok(m.version),
+            Ok(Created::AlreadyExists) => {}
+            Err(e) if attempt < 3 => {
+                tracing::warn!("committing {} failed ({e}); reading it back before trying again", out.display(&key));
             }
+            Err(e) => return Err(e),
+        }
+        // it exists now: ours (an earlier attempt went through) or another run's
+        match out.get(&key).await? {
+            Some(found) => {
+                let theirs: Option<Manifest> = serde_json::from_slice(&found).ok();
+                if theirs.as_ref().is_some_and(|t| t.run_id == m.run_id) {
+                    return Ok(m.version);
+                }
+                return Err(Error::Usage(format!(
+                    "another run committed {} at the same time; run one export per output at a time",
+                    out.display(&key)
+                )));
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await,
         }
     }
-    let Some((_, path)) = best else { return Ok(None) };
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::Internal(format!("{} is not a readable manifest: {e}", path.display())))
-}
-
-/// Commits `m` as the next version: written to a temporary name, synced, then hard-linked to its versioned name,
-/// which fails if that name exists (a concurrent commit) — a create-only put. Returns the committed version.
-pub fn commit(dir: &Path, m: &mut Manifest) -> Result<u64> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    m.version = latest(dir)?.map_or(1, |l| l.version + 1);
-    put_create_only(dir, m)
-}
-
-fn put_create_only(dir: &Path, m: &Manifest) -> Result<u64> {
-    let name = format!("v{:06}.json", m.version);
-    let tmp = dir.join(format!(".{name}.{}.tmp", m.run_id));
-    let target = dir.join(&name);
-    {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let text = serde_json::to_string_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    }
-    let linked = std::fs::hard_link(&tmp, &target);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::Usage(format!(
-                "another run committed {} at the same time; run one export per output at a time",
-                target.display()
-            )))
-        }
-        Err(e) => return Err(Error::io(&target, e)),
-    }
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(m.version)
 }
 
 /// A DuckDB query that reads exactly the files of a manifest.
-pub fn duckdb_query(dataset_dir: &Path, m: &Manifest) -> String {
+pub fn duckdb_query(out: &Output, m: &Manifest) -> String {
     let files: Vec<String> = m
         .files
         .iter()
-        .map(|f| format!("'{}'", dataset_dir.join(&f.path).display().to_string().replace('\'', "''")))
+        .map(|f| format!("'{}'", out.display(&format!("{}/{}", m.dataset, f.path)).replace('\'', "''")))
         .collect();
     format!(
         "SELECT * FROM read_parquet([{}], hive_partitioning = true, union_by_name = true);",
@@ -139,24 +154,30 @@ mod tests {
             total_rows: 1,
             schema_fingerprint: "f".into(),
             max_date_modify: None,
+            incremental: None,
         }
     }
 
     #[test]
     fn versions_increase_and_commits_are_create_only() {
-        let dir = std::env::temp_dir().join(format!("b24-manifest-{}-{}", std::process::id(), fastrand::u32(..)));
-        assert!(latest(&dir).unwrap().is_none());
-        let mut a = manifest("r1");
-        assert_eq!(commit(&dir, &mut a).unwrap(), 1);
-        let mut b = manifest("r2");
-        assert_eq!(commit(&dir, &mut b).unwrap(), 2);
-        assert_eq!(latest(&dir).unwrap().unwrap().run_id, "r2");
-        // a concurrent commit of the same version is refused, not overwritten
-        let mut late = manifest("r3");
-        late.version = 2;
-        assert!(matches!(put_create_only(&dir, &late), Err(Error::Usage(_))));
-        assert_eq!(latest(&dir).unwrap().unwrap().run_id, "r2");
-        assert!(dir.read_dir().unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-        let _ = std::fs::remove_dir_all(&dir);
+        let root = std::env::temp_dir().join(format!("b24-manifest-{}-{}", std::process::id(), fastrand::u32(..)));
+        let out = Output::Local { root: root.clone() };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            assert!(latest(&out, "leads").await.unwrap().is_none());
+            let mut a = manifest("r1");
+            assert_eq!(commit(&out, &mut a).await.unwrap(), 1);
+            let mut b = manifest("r2");
+            assert_eq!(commit(&out, &mut b).await.unwrap(), 2);
+            assert_eq!(latest(&out, "leads").await.unwrap().unwrap().run_id, "r2");
+            // a concurrent commit of the same version is refused, not overwritten
+            let late = manifest("r3");
+            let text = serde_json::to_vec(&late).unwrap();
+            assert_eq!(out.put_create(&key_of("leads", 2), text).await.unwrap(), Created::AlreadyExists);
+            assert_eq!(latest(&out, "leads").await.unwrap().unwrap().run_id, "r2");
+            let keys = out.list("_manifests").await.unwrap();
+            assert_eq!(keys.len(), 2, "no temporary files left: {keys:?}");
+        });
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,9 +1,8 @@
 //! Sinks: partitioned Parquet files under `OUT/<dataset>/`.
 //!
-//! Files are written in a staging folder beside the dataset (`OUT/.b24-staging/<run id>/…`), under names no
-//! `*.parquet` glob matches (`….parquet.tmp` while open, `….parquet.staged` when complete and synced). Only
-//! [`publish`], after the whole run succeeded, renames them into the dataset as `part-<run id>-<n>.parquet`; a
-//! failed run publishes nothing.
+//! Files are written to a local spool folder (`….parquet.tmp` while open, renamed to `part-<run id>-<n>.parquet`
+//! when complete and synced). The export moves finished files into the output's staging area at each checkpoint
+//! and publishes them into the dataset only after the whole run succeeded ([`output`], `export.rs`).
 //!
 //! Memory: rows are buffered per partition as Arrow batches (compact, exactly measurable). A partition's buffer
 //! becomes a row group when it reaches `row_group_rows`, or — when all buffers together pass `memory_budget` —
@@ -13,6 +12,8 @@
 //! smaller files per partition.
 
 pub mod manifest;
+pub mod merge;
+pub mod output;
 pub mod partition;
 
 use std::collections::HashMap;
@@ -34,8 +35,10 @@ use partition::PartitionSpec;
 /// Options of a dataset writer.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    /// Where files are written until they are published, e.g. `OUT/.b24-staging/<run id>/leads`.
-    pub staging: PathBuf,
+    /// The local folder files are written in until the export moves them to the output.
+    pub spool: PathBuf,
+    /// The sequence number of the first file (a resumed run continues its numbering).
+    pub first_seq: u64,
     pub run_id: String,
     pub partition: PartitionSpec,
     /// Rows per row group at most.
@@ -49,9 +52,10 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    pub fn new(staging: PathBuf, run_id: String, partition: PartitionSpec) -> Self {
+    pub fn new(spool: PathBuf, run_id: String, partition: PartitionSpec) -> Self {
         SinkConfig {
-            staging,
+            spool,
+            first_seq: 0,
             run_id,
             partition,
             row_group_rows: 128 * 1024,
@@ -65,7 +69,7 @@ impl SinkConfig {
 /// A finished data file.
 #[derive(Debug, Clone)]
 pub struct FileInfo {
-    /// Relative to the dataset root, with `/` separators.
+    /// Relative to the dataset root (and to the spool folder), with `/` separators.
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
@@ -73,7 +77,7 @@ pub struct FileInfo {
 
 struct OpenFile {
     tmp: PathBuf,
-    staged: PathBuf,
+    done: PathBuf,
     rel: String,
     writer: ArrowWriter<File>,
     rows: u64,
@@ -107,30 +111,18 @@ impl DatasetWriter {
             keep.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>(),
             schema.metadata().clone(),
         ));
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(cfg.row_group_rows))
-            .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
-            .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), cfg.run_id.clone())]));
-        if file_schema.field_with_name("id").is_ok() {
-            // A bloom filter is allocated for its NDV and kept in memory until the file closes, once per row
-            // group: size it for a typical partition, not parquet's default of a million values (~1 MiB each).
-            props = props
-                .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
-                .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
-                .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
-        }
-        std::fs::create_dir_all(&cfg.staging).map_err(io_err(&cfg.staging))?;
+        let props = writer_properties_with(&cfg.run_id, file_schema.field_with_name("id").is_ok(), cfg.row_group_rows);
+        std::fs::create_dir_all(&cfg.spool).map_err(io_err(&cfg.spool))?;
+        let seq = cfg.first_seq;
         Ok(DatasetWriter {
             cfg,
-            props: props.build(),
+            props,
             file_schema,
             keep,
             open: HashMap::new(),
             buffered: HashMap::new(),
             buffered_bytes: 0,
-            seq: 0,
+            seq,
             tick: 0,
             files: Vec::new(),
         })
@@ -220,15 +212,15 @@ impl DatasetWriter {
         self.seq += 1;
         let name = format!("part-{}-{:05}.parquet", self.cfg.run_id, self.seq);
         let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-        let tmp = self.cfg.staging.join(format!("{rel}.tmp"));
-        let staged = self.cfg.staging.join(format!("{rel}.staged"));
+        let tmp = self.cfg.spool.join(format!("{rel}.tmp"));
+        let done = self.cfg.spool.join(&rel);
         if let Some(folder) = tmp.parent() {
             std::fs::create_dir_all(folder).map_err(io_err(folder))?;
         }
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let writer = ArrowWriter::try_new(file, self.file_schema.clone(), Some(self.props.clone()))
             .map_err(|e| Error::Parquet { path: tmp.clone(), source: e })?;
-        Ok(OpenFile { tmp, staged, rel, writer, rows: 0, last_used: self.tick })
+        Ok(OpenFile { tmp, done, rel, writer, rows: 0, last_used: self.tick })
     }
 
     /// Writes out the largest buffers until all buffers together fit the budget.
@@ -246,13 +238,19 @@ impl DatasetWriter {
         file.sync_all().map_err(io_err(&f.tmp))?;
         let bytes = file.metadata().map_err(io_err(&f.tmp))?.len();
         drop(file);
-        std::fs::rename(&f.tmp, &f.staged).map_err(io_err(&f.staged))?;
+        std::fs::rename(&f.tmp, &f.done).map_err(io_err(&f.done))?;
         self.files.push(FileInfo { path: f.rel, rows: f.rows, bytes });
         Ok(())
     }
 
-    /// Closes every file and returns what was written.
-    pub fn finish(mut self) -> Result<Vec<FileInfo>> {
+    /// The sequence number the next file would get.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Writes every buffered row and closes every file: afterwards, all rows given so far are in the finished
+    /// files returned (those finished since the last call). Writing may go on; new files are started.
+    pub fn flush_files(&mut self) -> Result<Vec<FileInfo>> {
         let mut pending: Vec<String> = self.buffered.keys().cloned().collect();
         pending.sort();
         for d in pending {
@@ -266,6 +264,11 @@ impl DatasetWriter {
         Ok(std::mem::take(&mut self.files))
     }
 
+    /// Closes every file and returns the files finished since the last [`DatasetWriter::flush_files`].
+    pub fn finish(mut self) -> Result<Vec<FileInfo>> {
+        self.flush_files()
+    }
+
     /// Drops unfinished files (after a failed run); the caller removes the staging folder.
     pub fn abort(mut self) {
         for (_, f) in self.open.drain() {
@@ -275,32 +278,28 @@ impl DatasetWriter {
     }
 }
 
-fn sync_dir(dir: &Path) {
-    // make renames durable where the platform allows it
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// The properties of every data file: ZSTD(3), page statistics, row groups of at most 131,072 rows, a bloom
+/// filter on `id`, the tool and run id in the metadata.
+pub fn writer_properties(run_id: &str, has_id: bool) -> WriterProperties {
+    writer_properties_with(run_id, has_id, 128 * 1024)
 }
 
-/// Moves a finished run's files from `staging` into `dataset` under their final `.parquet` names.
-/// On error, the files already moved are listed in the error's wake by [`list_dataset_files`] (they carry the
-/// run id), so the caller can take them back.
-pub fn publish(staging: &Path, dataset: &Path, files: &[FileInfo]) -> Result<()> {
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in files {
-        let from = staging.join(format!("{}.staged", f.path));
-        let to = dataset.join(&f.path);
-        let parent = to.parent().unwrap_or(dataset).to_path_buf();
-        if dirs.insert(parent.clone()) {
-            std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        }
-        std::fs::rename(&from, &to).map_err(io_err(&to))?;
+fn writer_properties_with(run_id: &str, has_id: bool, row_group_rows: usize) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), run_id.to_string())]));
+    if has_id {
+        // A bloom filter is allocated for its NDV and kept in memory until the file closes, once per row
+        // group: size it for a typical partition, not parquet's default of a million values (~1 MiB each).
+        props = props
+            .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
+            .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
     }
-    for d in &dirs {
-        sync_dir(d);
-    }
-    sync_dir(dataset);
-    Ok(())
+    props.build()
 }
 
 /// Writes a small table as one Parquet file at `path` (a staging name); returns its size in bytes.
@@ -320,63 +319,6 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<u64> {
     Ok(file.metadata().map_err(io_err(path))?.len())
 }
 
-/// Moves one staged file to its published name, replacing what was there (an atomic rename).
-pub fn publish_file(from: &Path, to: &Path) -> Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    std::fs::rename(from, to).map_err(io_err(to))?;
-    if let Some(parent) = to.parent() {
-        sync_dir(parent);
-    }
-    Ok(())
-}
-
-/// Every `*.parquet` file under `root`.
-pub fn list_dataset_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if !root.exists() {
-        return Ok(out);
-    }
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let p = entry.path();
-            let ft = entry.file_type().map_err(io_err(&p))?;
-            if ft.is_dir() {
-                stack.push(p);
-            } else {
-                let name = entry.file_name().to_string_lossy().to_string();
-                if name.ends_with(".parquet") {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Removes files and then the directories they leave empty (below `root`).
-pub fn remove_files(root: &Path, files: &[PathBuf]) -> Result<()> {
-    for f in files {
-        match std::fs::remove_file(f) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(f, e)),
-        }
-        let mut dir = f.parent();
-        while let Some(d) = dir {
-            if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,11 +328,10 @@ mod tests {
     use arrow_schema::{DataType, Field};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    fn read_ids(root: &Path) -> (Vec<i64>, Vec<PathBuf>) {
-        let files: Vec<PathBuf> = list_dataset_files(root).unwrap();
+    fn read_ids(root: &Path, infos: &[FileInfo]) -> (Vec<i64>, Vec<PathBuf>) {
+        let files: Vec<PathBuf> = infos.iter().map(|f| root.join(&f.path)).collect();
         let mut ids = Vec::new();
         for f in &files {
-            assert!(f.extension().is_some_and(|e| e == "parquet"), "unfinished file left: {f:?}");
             let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap()).unwrap().build().unwrap();
             for b in reader {
                 let b = b.unwrap();
@@ -406,24 +347,39 @@ mod tests {
     fn a_tiny_budget_and_one_open_file_still_write_every_row_once() {
         let root = std::env::temp_dir().join(format!("b24-sink-{}-{}", std::process::id(), fastrand::u32(..)));
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("status_id", DataType::Utf8, true)]));
-        let staging = root.join(".b24-staging/run1/leads");
-        let dataset = root.join("leads");
-        let mut cfg = SinkConfig::new(staging.clone(), "run1".into(), PartitionSpec::Status);
+        let spool = root.join("spool");
+        let mut cfg = SinkConfig::new(spool.clone(), "run1".into(), PartitionSpec::Status);
         cfg.memory_budget = 1; // every batch spills
         cfg.max_open_files = 1; // and writers are evicted all the time
         cfg.row_group_rows = 7;
         let mut w = DatasetWriter::new(cfg, &schema).unwrap();
         let statuses = ["NEW", "JUNK", "C2:NEW/x", ""];
-        for chunk in 0..20i64 {
+        for chunk in 0..10i64 {
             let ids: Vec<i64> = (0..10).map(|i| chunk * 10 + i).collect();
             let st: Vec<Option<&str>> = ids.iter().map(|i| Some(statuses[(*i % 4) as usize])).collect();
             let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(st))]).unwrap();
             w.write(&b).unwrap();
         }
-        let files = w.finish().unwrap();
-        assert!(list_dataset_files(&root).unwrap().is_empty(), "nothing may be visible as *.parquet before publishing");
-        publish(&staging, &dataset, &files).unwrap();
-        let (ids, paths) = read_ids(&dataset);
+        let mut files = w.flush_files().unwrap();
+        let flushed = files.iter().map(|f| f.rows).sum::<u64>();
+        assert_eq!(flushed, 100, "after a flush, every row given so far is in a finished file");
+        for chunk in 10..20i64 {
+            let ids: Vec<i64> = (0..10).map(|i| chunk * 10 + i).collect();
+            let st: Vec<Option<&str>> = ids.iter().map(|i| Some(statuses[(*i % 4) as usize])).collect();
+            let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(st))]).unwrap();
+            w.write(&b).unwrap();
+        }
+        files.extend(w.finish().unwrap());
+        let mut on_disk = Vec::new();
+        let mut stack = vec![spool.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() { stack.push(p) } else { on_disk.push(p) }
+            }
+        }
+        assert_eq!(on_disk.len(), files.len(), "exactly the finished files, no temporary ones: {on_disk:?}");
+        let (ids, paths) = read_ids(&spool, &files);
         assert_eq!(ids, (0..200).collect::<Vec<_>>());
         assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 200);
         assert!(paths.len() > 4, "evictions should have produced several files per partition");

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod s3;
+
 use b24_export::sim::data::{self, FieldDef, Truth, FIELDS};
 use b24_export::sim::{SimConfig, SimPortal};
 use serde_json::{json, Value};
