@@ -235,13 +235,17 @@ pub async fn fetch_users(client: &PortalClient) -> Result<Option<Vec<User>>, Por
     loop {
         let env = match client.call("user.get", &json!({"sort": "ID", "order": "ASC", "start": start})).await {
             Ok(env) => env,
-            Err(PortalError::Api { code, description, .. } | PortalError::Permission { code, description, .. })
-                if start == 0 =>
+            // a webhook without the `user` scope, or a user who may not list users: go on without the table
+            Err(PortalError::Permission { code, description, .. }) if start == 0 => {
+                tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
+                return Ok(None);
+            }
+            Err(PortalError::Api { code, description, .. })
+                if start == 0 && matches!(code.as_str(), "ACCESS_DENIED" | "ERROR_METHOD_NOT_FOUND" | "insufficient_scope") =>
             {
                 tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
                 return Ok(None);
             }
-            // a webhook without the `user` scope
             Err(PortalError::Auth { code, description, .. }) if start == 0 && code == "insufficient_scope" =>
             {
                 tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");

@@ -298,3 +298,20 @@ fn each_snapshot_commits_a_manifest_and_sql_reads_exactly_the_latest() {
     let o = bin().args(["sql"]).arg(tempdir("nosnap")).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn a_webhook_without_the_user_scope_exports_without_the_users_table() {
+    let sim = start_sim(SimConfig { leads: 300, seed: 8, no_user_scope: true, ..SimConfig::default() });
+    let out = tempdir("no-user-scope");
+    let o = bin()
+        .args(["export", "--webhook", &sim.webhook_url(), "--out"])
+        .arg(&out)
+        .env_remove("B24_WEBHOOK_URL")
+        .output()
+        .unwrap();
+    assert_success(&o);
+    assert!(text(&o).1.contains("insufficient_scope") && text(&o).1.contains("_dict/users is not written"), "{}", text(&o).1);
+    assert!(!out.join("_dict/users").exists());
+    assert!(out.join("_dict/statuses/leads.parquet").exists());
+    assert_eq!(read_dataset(&out.join("leads")).rows.len(), 300);
+}

@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub command_error_every: Option<u64>,
     /// Every n-th list call, one lead is deleted, one inserted and one updated (leads changing mid-run).
     pub mutate_every: Option<u64>,
+    /// The webhook lacks the `user` scope: `user.get` answers 401 `insufficient_scope`.
+    pub no_user_scope: bool,
     /// Extra server time of a counted page (`start >= 0`) per matching row: the COUNT(*) that `start=-1` avoids
     /// (docs: 2.39 M rows took 49.9 s with the count, 0.097 s without, ≈ 21 µs per row). Off by default.
     pub count_cost_per_row: Duration,
@@ -148,6 +150,7 @@ impl Default for SimConfig {
             operating_window: Duration::from_secs(600),
             command_error_every: None,
             mutate_every: None,
+            no_user_scope: false,
             count_cost_per_row: Duration::ZERO,
             faults: Faults::default(),
             oauth: None,
@@ -731,6 +734,11 @@ fn call(
             r
         }
         "crm.status.list" => status_list(params),
+        "user.get" if state.cfg.no_user_scope => Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "insufficient_scope",
+            "The request requires higher privileges than provided by the webhook token".into(),
+        )),
         "user.get" => {
             // 50 per page, `start` as for lists (`-1` without a count); inactive users are listed too
             let users = data::users();
