@@ -291,8 +291,77 @@ impl Drop for OutputLock {
     }
 }
 
+/// One export per output at a time, on a disk ([`OutputLock`]) and on an object store: there, a create-only
+/// `.b24-staging/lock` object with a heartbeat the run refreshes every minute; a lock whose heartbeat is older
+/// than 15 minutes belongs to a run that died and is taken over.
+enum Lock {
+    Local(#[allow(dead_code)] OutputLock),
+    Store { out: Arc<Output>, rt: tokio::runtime::Handle, beat: tokio::task::JoinHandle<()> },
+}
+
+const STALE_LEASE_SECS: i64 = 15 * 60;
+
+fn lease_body() -> Vec<u8> {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    serde_json::to_vec(&json!({"pid": std::process::id(), "host": host, "heartbeat": chrono::Utc::now().timestamp()})).unwrap_or_default()
+}
+
+impl Lock {
+    fn take(out: &Arc<Output>, rt: &tokio::runtime::Runtime) -> Result<Lock> {
+        let root = match &**out {
+            Output::Local { root } => return Ok(Lock::Local(OutputLock::take(root)?)),
+            Output::S3 { .. } => out.clone(),
+        };
+        let key = format!("{STAGING}/{LOCK}");
+        rt.block_on(async {
+            for _ in 0..2 {
+                if root.put_create(&key, lease_body()).await? == crate::sink::output::Created::Yes {
+                    return Ok(());
+                }
+                let held: Value = root.get(&key).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+                let beat = held.get("heartbeat").and_then(Value::as_i64).unwrap_or(0);
+                if chrono::Utc::now().timestamp() - beat < STALE_LEASE_SECS {
+                    return Err(Error::Usage(format!(
+                        "another export (pid {}, host {}) is writing to {} (its heartbeat is {} s old); wait for it, or delete {} if that run is gone",
+                        held.get("pid").unwrap_or(&Value::Null),
+                        held.get("host").and_then(Value::as_str).unwrap_or("?"),
+                        root.display(""),
+                        chrono::Utc::now().timestamp() - beat,
+                        root.display(&key)
+                    )));
+                }
+                tracing::warn!("taking over the lock of a run whose heartbeat stopped {} s ago", chrono::Utc::now().timestamp() - beat);
+                root.delete(&key).await?;
+            }
+            Err(Error::Usage(format!("another export took the lock of {} at the same moment", root.display(""))))
+        })?;
+        let (beat_out, beat_key) = (root.clone(), key);
+        let beat = rt.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                if let Err(e) = beat_out.put_bytes(&beat_key, lease_body()).await {
+                    tracing::warn!("could not refresh the output lock ({e})");
+                }
+            }
+        });
+        Ok(Lock::Store { out: root, rt: rt.handle().clone(), beat })
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Lock::Store { out, rt, beat } = self {
+            beat.abort();
+            let _ = rt.block_on(out.delete(&format!("{STAGING}/{LOCK}")));
+        }
+    }
+}
+
 /// The most recent interrupted run that left a checkpoint, if any.
-async fn find_checkpoint(out: &Output) -> Result<Option<Checkpoint>> {
+/// A run whose manifest was committed (`committed_run`) is not interrupted, even if its checkpoint is still
+/// there (a kill during its cleanup): it is skipped, and its leftovers go with the next commit. An unreadable
+/// checkpoint is skipped with a warning.
+async fn find_checkpoint(out: &Output, committed_run: Option<&str>) -> Result<Option<Checkpoint>> {
     let mut runs: Vec<String> = out
         .list(STAGING)
         .await?
@@ -300,12 +369,16 @@ async fn find_checkpoint(out: &Output) -> Result<Option<Checkpoint>> {
         .filter_map(|(k, _)| k.strip_suffix("/checkpoint.json").map(str::to_string))
         .collect();
     runs.sort();
-    let Some(latest) = runs.pop() else { return Ok(None) };
-    let key = format!("{latest}/checkpoint.json");
-    let Some(bytes) = out.get(&key).await? else { return Ok(None) };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::Internal(format!("{} is not a readable checkpoint: {e}", out.display(&key))))
+    while let Some(latest) = runs.pop() {
+        let key = format!("{latest}/checkpoint.json");
+        let Some(bytes) = out.get(&key).await? else { continue };
+        match serde_json::from_slice::<Checkpoint>(&bytes) {
+            Ok(c) if Some(c.run_id.as_str()) == committed_run => continue,
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => tracing::warn!("{} is not a readable checkpoint ({e}); ignored", out.display(&key)),
+        }
+    }
+    Ok(None)
 }
 
 /// Removes every object under `prefix` for which `drop` says so.
@@ -444,10 +517,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
     let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
-    let _lock = match &*out {
-        Output::Local { root } => Some(OutputLock::take(root)?),
-        Output::S3 { .. } => None,
-    };
+    let _lock = Lock::take(&out, &rt)?;
 
     // the output, before any request to the portal: what is there, and can we write?
     let existing: Vec<String> =
@@ -469,7 +539,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         out.put_bytes(&check, b"ok".to_vec()).await?;
         out.delete(&check).await
     })?;
-    let interrupted = rt.block_on(find_checkpoint(&out))?;
+    let committed = rt.block_on(manifest::latest(&out, DATASET))?;
+    let interrupted = rt.block_on(find_checkpoint(&out, committed.as_ref().map(|m| m.run_id.as_str())))?;
     let resumed = match (opts.resume, interrupted) {
         (_, Some(c)) if c.incremental => {
             tracing::info!("an interrupted incremental run ({}) is not resumed: this run starts again from the last committed watermark", c.run_id);
@@ -588,7 +659,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let saved = Arc::new(std::sync::atomic::AtomicBool::new(resumed_leads > 0 || !ckpt.covered.0.is_empty()));
     let spool = match &*out {
         Output::Local { root } => root.join(&staging).join("spool"),
-        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}-{}", std::process::id())),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}")),
     };
     let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
     let users = rt.block_on(crate::dict::fetch_users(&client))?;
@@ -752,17 +823,24 @@ fn export_run(
         let handle = std::thread::Builder::new()
             .name(format!("convert-{n}"))
             .spawn(move || -> Result<()> {
-                loop {
-                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
-                    let Some(page) = next else { return Ok(()) };
-                    if let Some(r) = &recorder {
-                        r.lock().unwrap_or_else(|e| e.into_inner()).record(&page.chunks)?;
+                let run = || -> Result<()> {
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                        let Some(page) = next else { return Ok(()) };
+                        if let Some(r) = &recorder {
+                            r.lock().unwrap_or_else(|e| e.into_inner()).record(&page.chunks)?;
+                        }
+                        let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
+                        if tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
+                            return Ok(()); // the writer failed; it reports why
+                        }
                     }
-                    let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
-                    if tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
-                        return Ok(()); // the writer failed; it reports why
-                    }
+                };
+                let result = run();
+                if result.is_err() {
+                    rx.lock().unwrap_or_else(|e| e.into_inner()).close(); // stop the fetch now, not at its end
                 }
+                result
             })
             .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
         converters.push(handle);
@@ -907,6 +985,8 @@ fn export_run(
             pages: Vec::new(),
             list_calls,
             tool_version: env!("CARGO_PKG_VERSION").into(),
+            incremental: base.is_some(),
+            resumed: before > 0,
         };
         let at = rt.block_on(crate::raw::publish(raw, meta, &files, fields, &statuses, users.as_deref()))?;
         tracing::info!("raw pages ({list_calls} list calls) kept in {at}");
@@ -929,7 +1009,10 @@ fn export_run(
         files: all_files.clone(),
         total_rows,
         schema_fingerprint: ckpt.schema_fingerprint.clone(),
+        // the watermark: never later than the run's start, or a lead edited in a range already read while the
+        // run went on would be older than the next run's watermark and never fetched
         max_date_modify: max_modify
+            .map(|m| chrono::DateTime::parse_from_rfc3339(&ckpt.started_at).map_or(m, |s| m.min(s.timestamp_micros())))
             .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         incremental: changes.clone(),
@@ -938,9 +1021,35 @@ fn export_run(
     let rejects_key = format!("{REJECTS}/{DATASET}.jsonl");
     let publish = async {
         for f in &ckpt.files {
-            out.rename(&format!("{staging}/{DATASET}/{}", f.path), &format!("{DATASET}/{}", f.path)).await?;
+            let (from, to) = (format!("{staging}/{DATASET}/{}", f.path), format!("{DATASET}/{}", f.path));
+            if let Err(e) = out.rename(&from, &to).await {
+                // moved already by an earlier attempt that stopped before its commit?
+                if out.get_size(&from).await?.is_some() || out.get_size(&to).await? != Some(f.bytes) {
+                    return Err(e.into());
+                }
+            }
         }
-        // dictionaries and rejects describe the new data: put them in place with it, before the commit
+        let base = base.as_ref().map(|b| b.0.version);
+        manifest::commit(out, &mut manifest, base).await
+    };
+    if let Err(failed) = rt.block_on(publish) {
+        if failed.maybe_committed {
+            return Err(failed.error); // its files must stay: the manifest may list them
+        }
+        // not committed: take back what was published, so the dataset stays the previous snapshot
+        let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+        rt.block_on(async {
+            for k in &ours {
+                let _ = out.delete(k).await;
+            }
+        });
+        let _ = rt.block_on(out.clear(&staging, &[]));
+        return Err(failed.error);
+    }
+    // committed: the run is no longer resumable (its checkpoint goes first), then dictionaries and rejects that
+    // describe the new snapshot, then cleanup; each step is tried whatever the others do
+    let _ = rt.block_on(out.delete(&format!("{staging}/checkpoint.json")));
+    let side = async {
         for (staged, published) in &side_files {
             out.rename(staged, published).await?;
         }
@@ -954,21 +1063,11 @@ fn export_run(
             drop(file);
             out.put_file(&local, &rejects_key).await?;
         }
-        manifest::commit(out, &mut manifest).await
+        Ok::<(), Error>(())
     };
-    if let Err(e) = rt.block_on(publish) {
-        // not committed: take back what was published, so the dataset stays the previous snapshot
-        let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
-        rt.block_on(async {
-            for k in &ours {
-                let _ = out.delete(k).await;
-            }
-        });
-        let _ = rt.block_on(out.clear(&staging, &[]));
-        return Err(e);
+    if let Err(e) = rt.block_on(side) {
+        tracing::warn!("snapshot v{:06} is committed, but its dictionaries or rejects file could not be put in place ({e})", manifest.version);
     }
-
-    // committed: what follows is cleanup, and each step is tried whatever the others do
     let keep: std::collections::HashSet<String> = all_files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
     let cleanup = async {
         if rejects_total == 0 {
@@ -1062,10 +1161,7 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
     let raw = Arc::new(Output::parse(&opts.raw, &opts.s3)?);
     let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
-    let _lock = match &*out {
-        Output::Local { root } => Some(OutputLock::take(root)?),
-        Output::S3 { .. } => None,
-    };
+    let _lock = Lock::take(&out, &rt)?;
     let existing: Vec<String> =
         rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
     if !existing.is_empty() && !opts.overwrite {
@@ -1108,7 +1204,7 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
     };
     let spool = match &*out {
         Output::Local { root } => root.join(staging_of(&ckpt.run_id)).join("spool"),
-        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{}-{}", ckpt.run_id, std::process::id())),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{}", ckpt.run_id)),
     };
     let settings = Settings {
         partition: opts.partition.clone(),

@@ -42,6 +42,12 @@ pub struct RawRun {
     pub pages: Vec<String>,
     pub list_calls: u64,
     pub tool_version: String,
+    /// Only the leads changed since a watermark (`--incremental`): not a whole snapshot.
+    #[serde(default)]
+    pub incremental: bool,
+    /// A resumed run: only the pages fetched after the resume.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// Writes page bodies to local zstd JSON-lines files (in the run's spool folder) while a run fetches.
@@ -70,7 +76,9 @@ impl RawRecorder {
                 self.written = 0;
             }
             let (path, enc) = self.current.as_mut().expect("open");
-            let text = chunk.get();
+            // file download URLs carry auth= tokens: never written, here either
+            let masked = crate::convert::mask_auth_tokens(chunk.get());
+            let text = masked.as_str();
             // one line per list call: a body that arrived pretty-printed is written compactly
             let line: std::borrow::Cow<'_, str> = if text.contains('\n') {
                 let v: Value = serde_json::from_str(text).map_err(|e| Error::Internal(format!("a fetched page did not parse again: {e}")))?;
@@ -150,10 +158,20 @@ async fn read_json<T: serde::de::DeserializeOwned>(raw: &Output, key: &str) -> R
     serde_json::from_slice(&bytes).map_err(|e| Error::Usage(format!("{} is not readable: {e}", raw.display(key))))
 }
 
-/// Opens `RAW`: a run folder (it holds `run.json`), or a raw root whose latest complete run is taken.
+/// Opens `RAW`: a run folder (it holds `run.json`), or a raw root whose latest complete full run is taken
+/// (incremental and resumed runs hold only part of a snapshot and are not converted).
 pub async fn open(raw: &Output) -> Result<RawInput> {
-    let folder = if raw.get("run.json").await?.is_some() {
-        String::new()
+    let partial = |r: &RawRun| r.incremental || r.resumed;
+    let (folder, run) = if raw.get("run.json").await?.is_some() {
+        let run: RawRun = read_json(raw, "run.json").await?;
+        if partial(&run) {
+            return Err(Error::Usage(format!(
+                "{} is an {} run: it holds only part of a snapshot; convert a full run",
+                raw.display(""),
+                if run.incremental { "incremental" } else { "resumed" }
+            )));
+        }
+        (String::new(), run)
     } else {
         let mut runs: Vec<String> = raw
             .list("")
@@ -162,10 +180,17 @@ pub async fn open(raw: &Output) -> Result<RawInput> {
             .filter_map(|(k, _)| k.strip_suffix("/run.json").filter(|r| !r.contains('/')).map(str::to_string))
             .collect();
         runs.sort();
-        runs.pop().ok_or_else(|| Error::Usage(format!("no raw run (run.json) under {}; export with --raw-out first", raw.display(""))))?
+        let mut found = None;
+        while let Some(folder) = runs.pop() {
+            let run: RawRun = read_json(raw, &format!("{folder}/run.json")).await?;
+            if !partial(&run) {
+                found = Some((folder, run));
+                break;
+            }
+        }
+        found.ok_or_else(|| Error::Usage(format!("no complete full raw run (run.json) under {}; export with --raw-out first", raw.display(""))))?
     };
     let at = |name: &str| if folder.is_empty() { name.to_string() } else { format!("{folder}/{name}") };
-    let run: RawRun = read_json(raw, &at("run.json")).await?;
     let fields: Value = read_json(raw, &at("fields.json")).await?;
     let statuses: Vec<Status> = read_json(raw, &at("statuses.json")).await?;
     let users = match raw.get(&at("users.json")).await? {

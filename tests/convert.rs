@@ -44,6 +44,7 @@ fn convert_from_raw_pages_equals_the_live_export() {
     assert!(runs[0].join("run.json").exists() && runs[0].join("fields.json").exists() && runs[0].join("pages/part-00001.jsonl.zst").exists());
     let bytes = all_bytes_under(&raw);
     assert!(!contains(&bytes, &sim.config().webhook_code));
+    assert!(!contains(&bytes, "simauth"), "file download tokens (auth=) must not be kept in the raw zone");
 
     // rebuilt without the portal: not one request
     let o = bin().args(["--quiet", "convert"]).arg(&raw).arg("--out").arg(&rebuilt).output().unwrap();

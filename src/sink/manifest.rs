@@ -85,26 +85,53 @@ pub async fn latest(out: &Output, dataset: &str) -> Result<Option<Manifest>> {
         .map_err(|e| Error::Internal(format!("{} is not a readable manifest: {e}", out.display(&key))))
 }
 
+/// Why a commit did not go through, and whether it may have anyway.
+#[derive(Debug)]
+pub struct CommitFailed {
+    pub error: Error,
+    /// The manifest may exist: the put's outcome is unknown and reading it back failed too. The files it lists
+    /// must stay where they are.
+    pub maybe_committed: bool,
+}
+
+impl From<Error> for CommitFailed {
+    fn from(error: Error) -> Self {
+        CommitFailed { error, maybe_committed: false }
+    }
+}
+
 /// Commits `m` as the next version of its dataset with a create-only put (the commit point of a run). A put whose
-/// outcome is unknown (a timeout, a lost answer) is read back before it is tried again. Returns the version.
-pub async fn commit(out: &Output, m: &mut Manifest) -> Result<u64> {
-    m.version = latest(out, &m.dataset).await?.map_or(1, |l| l.version + 1);
+/// outcome is unknown (a timeout, a lost answer) is read back before it is tried again. With `base`, the commit
+/// is refused if another run committed after version `base` (an incremental run merged into `base`).
+pub async fn commit(out: &Output, m: &mut Manifest, base: Option<u64>) -> Result<u64, CommitFailed> {
+    let current = latest(out, &m.dataset).await?.map(|l| l.version);
+    if let Some(base) = base {
+        if current != Some(base) {
+            return Err(Error::Usage(format!(
+                "another run committed snapshot v{:06} after v{base:06}, which this incremental run merged into; run it again",
+                current.unwrap_or(0)
+            ))
+            .into());
+        }
+    }
+    m.version = current.map_or(1, |v| v + 1);
     let key = key_of(&m.dataset, m.version);
     let text = serde_json::to_vec_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
     let mut attempt = 0;
+    let mut last_error = None;
     loop {
         attempt += 1;
         match out.put_create(&key, text.clone()).await {
             Ok(Created::Yes) => return Ok(m.version),
             Ok(Created::AlreadyExists) => {}
-            Err(e) if attempt < 3 => {
+            Err(e) => {
                 tracing::warn!("committing {} failed ({e}); reading it back before trying again", out.display(&key));
+                last_error = Some(e);
             }
-            Err(e) => return Err(e),
         }
-        // it exists now: ours (an earlier attempt went through) or another run's
-        match out.get(&key).await? {
-            Some(found) => {
+        // it may exist now: ours (an earlier attempt went through) or another run's
+        match out.get(&key).await {
+            Ok(Some(found)) => {
                 let theirs: Option<Manifest> = serde_json::from_slice(&found).ok();
                 if theirs.as_ref().is_some_and(|t| t.run_id == m.run_id) {
                     return Ok(m.version);
@@ -112,10 +139,25 @@ pub async fn commit(out: &Output, m: &mut Manifest) -> Result<u64> {
                 return Err(Error::Usage(format!(
                     "another run committed {} at the same time; run one export per output at a time",
                     out.display(&key)
-                )));
+                ))
+                .into());
             }
-            None => tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await,
+            Ok(None) if attempt >= 3 => {
+                return Err(last_error.unwrap_or_else(|| Error::Internal("the manifest put kept failing".into())).into());
+            }
+            Ok(None) => {}
+            Err(e) if attempt >= 3 => {
+                return Err(CommitFailed {
+                    error: Error::Store {
+                        what: out.display(&key),
+                        message: format!("the commit's outcome is unknown ({e}); its files are left in place, run again to settle it"),
+                    },
+                    maybe_committed: true,
+                })
+            }
+            Err(_) => {}
         }
+        tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
     }
 }
 
@@ -166,9 +208,13 @@ mod tests {
         rt.block_on(async {
             assert!(latest(&out, "leads").await.unwrap().is_none());
             let mut a = manifest("r1");
-            assert_eq!(commit(&out, &mut a).await.unwrap(), 1);
+            assert_eq!(commit(&out, &mut a, None).await.unwrap(), 1);
             let mut b = manifest("r2");
-            assert_eq!(commit(&out, &mut b).await.unwrap(), 2);
+            assert_eq!(commit(&out, &mut b, None).await.unwrap(), 2);
+            // an incremental run that merged into v1 may not commit over v2
+            let mut stale = manifest("r4");
+            let refused = commit(&out, &mut stale, Some(1)).await.unwrap_err();
+            assert!(!refused.maybe_committed && refused.error.to_string().contains("run it again"));
             assert_eq!(latest(&out, "leads").await.unwrap().unwrap().run_id, "r2");
             // a concurrent commit of the same version is refused, not overwritten
             let late = manifest("r3");

@@ -331,6 +331,25 @@ impl Output {
         }
     }
 
+    /// The size of `key`, or `None` if it does not exist.
+    pub async fn get_size(&self, key: &str) -> Result<Option<u64>> {
+        match self {
+            Output::Local { root } => match std::fs::metadata(root.join(key)) {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(root.join(key), e)),
+            },
+            Output::S3 { store, .. } => {
+                let loc = self.obj(key)?;
+                match store.head(&loc).await {
+                    Ok(meta) => Ok(Some(meta.size)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(store_err(self.display(key), e)),
+                }
+            }
+        }
+    }
+
     /// Appends the content of `key` to a local writer, a chunk at a time.
     pub async fn copy_to(&self, key: &str, to: &mut impl std::io::Write) -> Result<()> {
         match self {
@@ -513,7 +532,18 @@ fn rename_local(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    std::fs::rename(from, to).map_err(|e| Error::io(to, e))?;
+    match std::fs::rename(from, to) {
+        Ok(()) => {}
+        // another filesystem (EXDEV): copy to a temporary name beside the target, sync, rename, drop the source
+        Err(e) if e.raw_os_error() == Some(18) => {
+            let tmp = tmp_beside(to);
+            std::fs::copy(from, &tmp).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))?;
+            let _ = std::fs::remove_file(from);
+        }
+        Err(e) => return Err(Error::io(to, e)),
+    }
     sync_parent(to);
     Ok(())
 }
