@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CARGO  ?= cargo
 
-.PHONY: build demo test unit bench bench-fetch lint clean
+.PHONY: build demo test unit bench bench-fetch bench-convert lint clean
 
 build:
 	$(CARGO) build --release
@@ -34,6 +34,11 @@ bench: bench-fetch
 bench-fetch: $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check fast-bitrix24
 	B24_BENCH_PYTHON=$(abspath $(PY)) $(CARGO) bench --bench fetch
+
+## 200,000 and 1,000,000 simulated leads of raw pages (cached under target/bench-convert/): b24-export convert vs
+## DuckDB and pyarrow on the same pages, with the same types and partitions; then the outputs are compared.
+bench-convert: $(PY)
+	B24_BENCH_PYTHON=$(abspath $(PY)) $(CARGO) bench --bench convert
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
