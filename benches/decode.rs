@@ -1,0 +1,107 @@
+//! Decode benchmark: JSON page text → Arrow `RecordBatch`, single-threaded, the `Value` way
+//! (`convert_page_values`, the reference) against the direct decoder (`convert_page`).
+//!
+//! `cargo bench --bench decode`; `B24_BENCH_LEADS=200000` sets the number of leads, `B24_BENCH_ROUNDS=3` how
+//! many times each path runs (the best round counts).
+//!
+//! The leads are the simulator's, rendered as `crm.lead.list` returns them with `select` = `*`, `UF_*`,
+//! PHONE, EMAIL, WEB, IM, LINK (so every field), with the simulator's occasional bad values, in chunks of 50
+//! records (one list call) and pages of 50 chunks (one batch request), as the exporter receives them.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use b24_export::convert::{convert_page, convert_page_values};
+use b24_export::schema::{arrow_schema, build_columns};
+use b24_export::sim::data::{fields_metadata, generate_ids, lead_truth, render_lead, Encoding, IdLayout};
+use b24_export::sim::bad_value_at;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+const CHUNK: usize = 50;
+const PAGE_CHUNKS: usize = 50;
+
+fn pages(n: usize, enc: &Encoding) -> Vec<(Vec<Box<RawValue>>, usize)> {
+    let ids = generate_ids(n, 42, IdLayout::Realistic);
+    let mut out = Vec::new();
+    let mut page = Vec::new();
+    let mut rows = 0;
+    for (start, ids_chunk) in ids.chunks(CHUNK).enumerate().map(|(i, c)| (i * CHUNK, c)) {
+        let records: Vec<Value> = ids_chunk
+            .iter()
+            .enumerate()
+            .map(|(k, &id)| {
+                let pos = start + k;
+                let mut m = render_lead(&lead_truth(42, id, pos, n), id, enc, |_| true);
+                if let Some((field, raw)) = bad_value_at(pos) {
+                    m.insert(field.to_string(), raw);
+                }
+                Value::Object(m)
+            })
+            .collect();
+        rows += records.len();
+        page.push(RawValue::from_string(Value::Array(records).to_string()).expect("valid JSON"));
+        if page.len() == PAGE_CHUNKS {
+            out.push((std::mem::take(&mut page), std::mem::take(&mut rows)));
+        }
+    }
+    if !page.is_empty() {
+        out.push((page, rows));
+    }
+    out
+}
+
+fn main() {
+    let n: usize = std::env::var("B24_BENCH_LEADS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let rounds: usize = std::env::var("B24_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let cols = build_columns(&fields_metadata(), None, &[]).expect("columns");
+    let schema = arrow_schema(&cols);
+    let t = Instant::now();
+    let pages = pages(n, &Encoding::default());
+    let bytes: usize = pages.iter().flat_map(|(c, _)| c.iter().map(|r| r.get().len())).sum();
+    println!(
+        "{n} leads, {} columns, {} pages, {:.1} MB of JSON ({:.0} bytes/lead), generated in {:.1}s",
+        cols.len(),
+        pages.len(),
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    // the two paths agree (the unit tests check this thoroughly)
+    for (chunks, rows) in pages.iter().take(3) {
+        let a = convert_page_values(chunks, *rows, &cols, &schema, false).expect("reference");
+        let b = convert_page(chunks, *rows, &cols, &schema, false).expect("direct");
+        assert!(a.0 == b.0 && a.1 == b.1, "the direct decoder differs from the reference");
+    }
+
+    let time = |name: &str, f: &dyn Fn(&[Box<RawValue>], usize) -> usize| -> f64 {
+        let mut best = f64::MAX;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let mut total = 0;
+            for (chunks, rows) in &pages {
+                total += f(chunks, *rows);
+            }
+            assert_eq!(total, n);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{name:<28} {:>8.3} s  {:>10.0} leads/s  {:>7.1} MB/s",
+            best,
+            n as f64 / best,
+            bytes as f64 / 1e6 / best
+        );
+        best
+    };
+    let scan = time("serde_json scan only", &|chunks, _| {
+        chunks.iter().map(|c| serde_json::from_str::<Vec<serde::de::IgnoredAny>>(c.get()).expect("json").len()).sum()
+    });
+    let old = time("old: Value tree (reference)", &|chunks, rows| {
+        black_box(convert_page_values(chunks, rows, &cols, &schema, false).expect("convert")).0.num_rows()
+    });
+    let new = time("new: direct decoder", &|chunks, rows| {
+        black_box(convert_page(chunks, rows, &cols, &schema, false).expect("convert")).0.num_rows()
+    });
+    println!("speedup: {:.2}x (direct decoder = {:.2}x the time of a bare JSON scan)", old / new, new / scan);
+}
