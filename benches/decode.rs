@@ -2,7 +2,8 @@
 //! (`convert_page_values`, the reference) against the direct decoder (`convert_page`).
 //!
 //! `cargo bench --bench decode`; `B24_BENCH_LEADS=200000` sets the number of leads, `B24_BENCH_ROUNDS=3` how
-//! many times each path runs (the best round counts).
+//! many times each path runs (the best round counts), `B24_BENCH_ONLY=new` times the direct decoder alone
+//! (for a profiler).
 //!
 //! The leads are the simulator's, rendered as `crm.lead.list` returns them with `select` = `*`, `UF_*`,
 //! PHONE, EMAIL, WEB, IM, LINK (so every field), with the simulator's occasional bad values, in chunks of 50
@@ -94,6 +95,13 @@ fn main() {
         );
         best
     };
+    if std::env::var("B24_BENCH_ONLY").is_ok_and(|s| s == "new") {
+        // for profiling: the direct decoder alone
+        time("new: direct decoder", &|chunks, rows| {
+            black_box(convert_page(chunks, rows, &cols, &schema, false).expect("convert")).0.num_rows()
+        });
+        return;
+    }
     let scan = time("serde_json scan only", &|chunks, _| {
         chunks.iter().map(|c| serde_json::from_str::<Vec<serde::de::IgnoredAny>>(c.get()).expect("json").len()).sum()
     });
