@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench decode`; `B24_BENCH_LEADS=200000` sets the number of leads, `B24_BENCH_ROUNDS=3` how
 //! many times each path runs (the best round counts), `B24_BENCH_ONLY=new` times the direct decoder alone
-//! (for a profiler).
+//! (for a profiler), `B24_BENCH_PHP=1` escapes the text as PHP's `json_encode` does (`\/`, `\uXXXX`), as a
+//! real portal sends it.
 //!
 //! The leads are the simulator's, rendered as `crm.lead.list` returns them with `select` = `*`, `UF_*`,
 //! PHONE, EMAIL, WEB, IM, LINK (so every field), with the simulator's occasional bad values, in chunks of 50
@@ -52,6 +53,24 @@ fn pages(n: usize, enc: &Encoding) -> Vec<(Vec<Box<RawValue>>, usize)> {
     out
 }
 
+/// The text as PHP's `json_encode` writes it by default: `/` as `\/`, everything beyond ASCII as `\uXXXX`.
+fn php_escaped(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 5 / 4);
+    for c in json.chars() {
+        match c {
+            '/' => out.push_str("\\/"),
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn main() {
     let n: usize = std::env::var("B24_BENCH_LEADS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let rounds: usize = std::env::var("B24_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -69,6 +88,19 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    let php = std::env::var("B24_BENCH_PHP").is_ok_and(|s| s == "1");
+    let pages: Vec<(Vec<Box<RawValue>>, usize)> = if php {
+        let p: Vec<(Vec<Box<RawValue>>, usize)> = pages
+            .iter()
+            .map(|(c, rows)| (c.iter().map(|r| RawValue::from_string(php_escaped(r.get())).expect("valid JSON")).collect(), *rows))
+            .collect();
+        let b: usize = p.iter().flat_map(|(c, _)| c.iter().map(|r| r.get().len())).sum();
+        println!("PHP-escaped text (\\/ and \\uXXXX, as json_encode writes it): {:.1} MB", b as f64 / 1e6);
+        p
+    } else {
+        pages
+    };
+    let bytes: usize = pages.iter().flat_map(|(c, _)| c.iter().map(|r| r.get().len())).sum();
     // the two paths agree (the unit tests check this thoroughly)
     for (chunks, rows) in pages.iter().take(3) {
         let a = convert_page_values(chunks, *rows, &cols, &schema, false).expect("reference");

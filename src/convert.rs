@@ -1893,6 +1893,19 @@ mod tests {
             .collect()
     }
 
+    /// `/` as `\/` and everything beyond ASCII as `\uXXXX`, as PHP's `json_encode` writes by default.
+    fn php_escaped(json: &str) -> String {
+        let mut out = String::new();
+        for c in json.chars() {
+            match c {
+                '/' => out.push_str("\\/"),
+                c if c.is_ascii() => out.push(c),
+                c => c.encode_utf16(&mut [0u16; 2]).iter().for_each(|u| out.push_str(&format!("\\u{u:04x}"))),
+            }
+        }
+        out
+    }
+
     fn chunked(records: &[Value], per_chunk: usize) -> Vec<Box<RawValue>> {
         records.chunks(per_chunk.max(1)).map(|c| RawValue::from_string(Value::Array(c.to_vec()).to_string()).unwrap()).collect()
     }
@@ -1943,6 +1956,11 @@ mod tests {
             let chunks = chunked(&records, 50);
             let (b, rejects) = assert_same(&chunks, records.len(), &cols, &schema).expect("lenient converts");
             assert_eq!(b.num_rows(), 1100);
+            // the same text as PHP's json_encode writes it (`\/`, `\uXXXX`): the same batch
+            let php: Vec<Box<RawValue>> = chunks.iter().map(|c| RawValue::from_string(php_escaped(c.get())).unwrap()).collect();
+            assert_ne!(php[0].get(), chunks[0].get());
+            let (b2, rejects2) = assert_same(&php, records.len(), &cols, &schema).unwrap();
+            assert_eq!((b2, redacted(&rejects2)), (b.clone(), redacted(&rejects)));
             assert_eq!(rejects.len(), 14, "the simulator's bad values at positions 10..=70 and 1007..=1067: {rejects:?}");
         }
     }
