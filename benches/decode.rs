@@ -17,6 +17,8 @@ use b24_export::convert::{convert_page, convert_page_values};
 use b24_export::schema::{arrow_schema, build_columns};
 use b24_export::sim::data::{fields_metadata, generate_ids, lead_truth, render_lead, Encoding, IdLayout};
 use b24_export::sim::bad_value_at;
+use b24_export::sink::partition::PartitionSpec;
+use b24_export::sink::{DatasetWriter, SinkConfig};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -144,4 +146,27 @@ fn main() {
         black_box(convert_page(chunks, rows, &cols, &schema, false).expect("convert")).0.num_rows()
     });
     println!("speedup: {:.2}x (direct decoder = {:.2}x the time of a bare JSON scan)", old / new, new / scan);
+
+    // for scale: what writing the decoded batches costs (the export's writer, default partitioning, zstd)
+    let batches: Vec<_> = pages.iter().map(|(c, rows)| convert_page(c, *rows, &cols, &schema, false).expect("convert").0).collect();
+    let dir = std::env::temp_dir().join(format!("b24-decode-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = SinkConfig::new(dir.clone(), "bench".into(), PartitionSpec::default());
+    let t = Instant::now();
+    let mut w = DatasetWriter::new(cfg, &schema).expect("writer");
+    for b in &batches {
+        w.write(b).expect("write");
+    }
+    let files = w.finish().expect("finish");
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{:<28} {:>8.3} s  {:>10.0} leads/s  ({} files, {:.1} MB of Parquet); decode + write: {:.0} leads/s on one core",
+        "Parquet write (for scale)",
+        secs,
+        n as f64 / secs,
+        files.len(),
+        files.iter().map(|f| f.bytes).sum::<u64>() as f64 / 1e6,
+        n as f64 / (secs + new)
+    );
 }
