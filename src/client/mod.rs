@@ -289,7 +289,10 @@ impl PortalClient {
             if code == "OPERATION_TIME_LIMIT" {
                 return Err(Failure::Blocked(format!("{code} ({desc}) [HTTP {status}]")));
             }
-            if code == "expired_token" && self.auth.is_oauth() {
+            // `invalid_token` too: a request sent just before another one's refresh rotated the token sees the old
+            // token refused before this client has stored the new one; the refresh path waits for that refresh
+            // (one lock) and repeats the call with the new token, or refreshes itself if nobody did
+            if (code == "expired_token" || code == "invalid_token") && self.auth.is_oauth() {
                 return Err(Failure::Expired(generation));
             }
             if status == 401 && self.auth.is_oauth() && generation != self.auth.generation() {

@@ -94,17 +94,15 @@ pub async fn rewrite_without(
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| parquet_err(&f.path, e))?;
     let source_schema = reader.schema().clone();
     let add_column = !mark.is_empty() && source_schema.field_with_name(DELETED_AT).is_err();
-    let schema = if add_column {
-        let mut fields: Vec<arrow_schema::FieldRef> = source_schema.fields().iter().cloned().collect();
+    let mut fields: Vec<arrow_schema::FieldRef> = source_schema.fields().iter().cloned().collect();
+    if add_column {
         fields.push(Arc::new(arrow_schema::Field::new(
             DELETED_AT,
             arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
             true,
         )));
-        Arc::new(arrow_schema::Schema::new_with_metadata(fields, source_schema.metadata().clone()))
-    } else {
-        source_schema.clone()
-    };
+    }
+    let schema = Arc::new(arrow_schema::Schema::new(fields));
     let reader = reader.build().map_err(|e| parquet_err(&f.path, e))?;
     let rel = match f.path.rsplit_once('/') {
         Some((dir, _)) => format!("{dir}/{name}"),
@@ -115,7 +113,7 @@ pub async fn rewrite_without(
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let file = std::fs::File::create(&local).map_err(|e| Error::io(&local, e))?;
-    let props = writer_properties(run_id, schema.field_with_name("id").is_ok());
+    let props = writer_properties(run_id, schema.field_with_name("id").is_ok(), crate::sink::metadata_kv(source_schema.metadata()));
     let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| parquet_err(&rel, e))?;
     let mut rows = 0u64;
     for batch in reader {

@@ -107,11 +107,15 @@ impl DatasetWriter {
     pub fn new(cfg: SinkConfig, schema: &SchemaRef) -> Result<Self> {
         let moved = cfg.partition.moved_column();
         let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| Some(schema.field(i).name().as_str()) != moved).collect();
-        let file_schema = Arc::new(Schema::new_with_metadata(
-            keep.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>(),
-            schema.metadata().clone(),
-        ));
-        let props = writer_properties_with(&cfg.run_id, file_schema.field_with_name("id").is_ok(), cfg.row_group_rows);
+        // the schema's metadata (columns, fingerprint) goes into the key-value metadata once, not a second time
+        // inside the embedded Arrow schema of every file
+        let file_schema = Arc::new(Schema::new(keep.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
+        let props = writer_properties_with(
+            &cfg.run_id,
+            file_schema.field_with_name("id").is_ok(),
+            cfg.row_group_rows,
+            metadata_kv(schema.metadata()),
+        );
         std::fs::create_dir_all(&cfg.spool).map_err(io_err(&cfg.spool))?;
         let seq = cfg.first_seq;
         Ok(DatasetWriter {
@@ -280,21 +284,35 @@ impl DatasetWriter {
 
 /// The properties of every data file: ZSTD(3), page statistics, row groups of at most 131,072 rows, a bloom
 /// filter on `id`, the tool and run id in the metadata.
-pub fn writer_properties(run_id: &str, has_id: bool) -> WriterProperties {
-    writer_properties_with(run_id, has_id, 128 * 1024)
+pub fn writer_properties(run_id: &str, has_id: bool, kv: Vec<KeyValue>) -> WriterProperties {
+    writer_properties_with(run_id, has_id, 128 * 1024, kv)
 }
 
-fn writer_properties_with(run_id: &str, has_id: bool, row_group_rows: usize) -> WriterProperties {
+/// Schema metadata as Parquet key-value pairs (not the run id, which every file gets anew).
+pub fn metadata_kv(meta: &arrow_schema::Metadata) -> Vec<KeyValue> {
+    let mut kv: Vec<KeyValue> = meta
+        .iter()
+        .filter(|(k, _)| k.as_str() != "b24_export.run_id" && k.as_str() != "ARROW:schema")
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    kv.sort_by(|a, b| a.key.cmp(&b.key));
+    kv
+}
+
+fn writer_properties_with(run_id: &str, has_id: bool, row_group_rows: usize, mut kv: Vec<KeyValue>) -> WriterProperties {
+    kv.push(KeyValue::new("b24_export.run_id".into(), run_id.to_string()));
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(vec![KeyValue::new("b24_export.run_id".into(), run_id.to_string())]));
+        .set_key_value_metadata(Some(kv));
     if has_id {
         // A bloom filter is allocated for its NDV and kept in memory until the file closes, once per row
         // group: size it for a typical partition, not parquet's default of a million values (~1 MiB each).
+        // IDs are unique: a dictionary would only cost space
         props = props
+            .set_column_dictionary_enabled(ColumnPath::from("id"), false)
             .set_column_bloom_filter_enabled(ColumnPath::from("id"), true)
             .set_column_bloom_filter_max_ndv(ColumnPath::from("id"), 50_000)
             .set_column_bloom_filter_fpp(ColumnPath::from("id"), 0.01);
