@@ -293,7 +293,8 @@ impl Drop for OutputLock {
 
 /// One export per output at a time, on a disk ([`OutputLock`]) and on an object store: there, a create-only
 /// `.b24-staging/lock` object with a heartbeat the run refreshes every minute; a lock whose heartbeat is older
-/// than 15 minutes belongs to a run that died and is taken over.
+/// than 15 minutes, or that names this host and a process that no longer runs, belongs to a run that died and is
+/// taken over.
 enum Lock {
     Local(#[allow(dead_code)] OutputLock),
     Store { out: Arc<Output>, rt: tokio::runtime::Handle, beat: tokio::task::JoinHandle<()> },
@@ -301,8 +302,15 @@ enum Lock {
 
 const STALE_LEASE_SECS: i64 = 15 * 60;
 
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default()
+}
+
 fn lease_body() -> Vec<u8> {
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let host = host_name();
     serde_json::to_vec(&json!({"pid": std::process::id(), "host": host, "heartbeat": chrono::Utc::now().timestamp()})).unwrap_or_default()
 }
 
@@ -320,7 +328,15 @@ impl Lock {
                 }
                 let held: Value = root.get(&key).await?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
                 let beat = held.get("heartbeat").and_then(Value::as_i64).unwrap_or(0);
-                if chrono::Utc::now().timestamp() - beat < STALE_LEASE_SECS {
+                // a run on this very host whose process is gone (killed) is stale at once
+                let pid = held.get("pid").and_then(Value::as_u64).unwrap_or(0);
+                let dead_here = held.get("host").and_then(Value::as_str) == Some(host_name().as_str())
+                    && !host_name().is_empty()
+                    && pid != 0
+                    && pid != u64::from(std::process::id())
+                    && std::path::Path::new("/proc/self").exists()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+                if !dead_here && chrono::Utc::now().timestamp() - beat < STALE_LEASE_SECS {
                     return Err(Error::Usage(format!(
                         "another export (pid {}, host {}) is writing to {} (its heartbeat is {} s old); wait for it, or delete {} if that run is gone",
                         held.get("pid").unwrap_or(&Value::Null),
@@ -352,7 +368,10 @@ impl Drop for Lock {
     fn drop(&mut self) {
         if let Lock::Store { out, rt, beat } = self {
             beat.abort();
-            let _ = rt.block_on(out.delete(&format!("{STAGING}/{LOCK}")));
+            // a store that is gone must not hold the exit up: the lock then goes stale by itself
+            let _ = rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(5), out.delete(&format!("{STAGING}/{LOCK}"))).await
+            });
         }
     }
 }
@@ -837,15 +856,16 @@ fn export_run(
                     }
                 };
                 let result = run();
-                if result.is_err() {
-                    rx.lock().unwrap_or_else(|e| e.into_inner()).close(); // stop the fetch now, not at its end
-                }
+                // this converter failed, or the writer did: stop the fetch now, not at its end (after the last
+                // page it changes nothing)
+                rx.lock().unwrap_or_else(|e| e.into_inner()).close();
                 result
             })
             .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
         converters.push(handle);
     }
     drop(batch_tx);
+    drop(page_rx); // the converters own the receiver: when they are gone, the fetch's sends fail instead of waiting
     let mut sink_cfg = SinkConfig::new(spool.join(DATASET), run_id.clone(), opts.partition.clone());
     sink_cfg.first_seq = ckpt.next_seq;
     let done = ckpt.covered.clone();

@@ -92,6 +92,13 @@ fn a_second_snapshot_replaces_the_first_and_only_its_files_remain() {
     let first = start_sim(SimConfig { leads: 3_000, seed: 22, ..SimConfig::default() });
     let second = start_sim(SimConfig { leads: 4_500, seed: 23, ..SimConfig::default() });
     assert_success(&export_s3(&first.webhook_url(), &moto.endpoint(), "s3://lake/snap", &[]));
+    // another run holds the store's lock (live heartbeat, another host): refused, and nothing is touched
+    let lock = format!(r#"{{"pid": 1, "host": "elsewhere", "heartbeat": {}}}"#, chrono::Utc::now().timestamp());
+    moto.tool(&["put", "lake", "snap/.b24-staging/lock", &lock]);
+    let o = export_s3(&second.webhook_url(), &moto.endpoint(), "s3://lake/snap", &["--overwrite"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert!(text(&o).1.contains("another export") && text(&o).1.contains("elsewhere"), "{}", text(&o).1);
+    moto.tool(&["delete", "lake", "snap/.b24-staging/lock"]);
     // without --overwrite, an existing dataset is refused before any request
     let o = export_s3(&second.webhook_url(), &moto.endpoint(), "s3://lake/snap", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);

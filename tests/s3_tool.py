@@ -5,6 +5,8 @@ Usage: s3_tool.py ENDPOINT COMMAND ARGS...
   list BUCKET PREFIX          JSON list of {"key", "size", "etag"} under PREFIX
   mirror BUCKET PREFIX DEST   download every object under PREFIX into DEST (keys relative to PREFIX); prints the list
   uploads BUCKET              JSON list of {"key", "upload_id"}: multipart uploads begun and not completed
+  put BUCKET KEY TEXT         write an object
+  delete BUCKET KEY           remove an object
 """
 import json
 import os
@@ -47,5 +49,11 @@ elif cmd == "mirror":
 elif cmd == "uploads":
     r = s3.list_multipart_uploads(Bucket=args[0])
     print(json.dumps([{"key": u["Key"], "upload_id": u["UploadId"]} for u in r.get("Uploads", [])]))
+elif cmd == "put":
+    s3.put_object(Bucket=args[0], Key=args[1], Body=args[2].encode())
+    print("[]")
+elif cmd == "delete":
+    s3.delete_object(Bucket=args[0], Key=args[1])
+    print("[]")
 else:
     sys.exit(f"unknown command {cmd}")
