@@ -362,10 +362,19 @@ fn worth(r: &Range, mut left: f64, margin: f64) -> usize {
     n
 }
 
-/// An `f64` priority for the heap.
-#[derive(PartialEq, PartialOrd)]
+/// An `f64` priority for the heap (total order).
 struct Prio(f64);
+impl PartialEq for Prio {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
 impl Eq for Prio {}
+impl PartialOrd for Prio {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for Prio {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
