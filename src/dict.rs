@@ -49,30 +49,45 @@ fn status_rows(entity: &str, result: Value, out: &mut Vec<Status>) -> usize {
 /// Fetches the status dictionaries the columns refer to (`statusType` of `crm_status` fields): one `batch`
 /// request for all of them, and more calls only for a dictionary longer than a page.
 pub async fn fetch_statuses(client: &PortalClient, cols: &[Column]) -> Result<Vec<Status>, PortalError> {
+    Ok(fetch_dictionaries(client, cols, false).await?.0)
+}
+
+/// A `user.get` error that means "this webhook may not list users", not a failure of the run.
+fn users_not_allowed(code: &str) -> bool {
+    matches!(code, "ACCESS_DENIED" | "ERROR_METHOD_NOT_FOUND" | "insufficient_scope" | "user_access_error")
+}
+
+/// The status dictionaries and (with `users`) the first page of `user.get`, in one `batch` request; longer
+/// dictionaries and more users page on with single calls. Users are `None` when the webhook may not read them.
+pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: bool) -> Result<(Vec<Status>, Option<Vec<User>>), PortalError> {
     let mut entities: Vec<&str> = cols.iter().filter_map(|c| c.status_type.as_deref()).collect();
     entities.sort();
     entities.dedup();
-    entities.truncate(50);
+    entities.truncate(49);
     let mut out = Vec::new();
-    if entities.is_empty() {
-        return Ok(out);
-    }
     let params = |e: &str, start: u64| json!({"filter": {"ENTITY_ID": e}, "order": {"SORT": "ASC"}, "start": start});
-    let cmds: Vec<(String, String)> = entities
+    let mut cmds: Vec<(String, String)> = entities
         .iter()
         .enumerate()
         .map(|(i, e)| (format!("s{i}"), format!("crm.status.list?{}", php_query::encode(params(e, 0).as_object().expect("object")))))
         .collect();
+    if users {
+        cmds.push(("users".into(), format!("user.get?{}", php_query::encode(user_params(0).as_object().expect("object")))));
+    }
+    if cmds.is_empty() {
+        return Ok((out, None));
+    }
     // transient per-command failures (or a silently missing result) are retried like cursor steps
     let mut attempts = 0u32;
     let mut batch = loop {
         attempts += 1;
         let b = client.batch(&cmds).await?;
-        let complete = cmds.iter().all(|(k, _)| b.results.contains_key(k));
+        let users_refused = b.errors.get("users").is_some_and(|(code, _)| users_not_allowed(code));
+        let complete = cmds.iter().all(|(k, _)| b.results.contains_key(k) || (k == "users" && users_refused));
         if complete {
             break b;
         }
-        if let Some((code, desc)) = b.errors.values().find(|(code, _)| !is_transient_code(code)) {
+        if let Some((code, desc)) = b.errors.iter().filter(|(k, _)| *k != "users").map(|(_, v)| v).find(|(code, _)| !is_transient_code(code)) {
             return Err(PortalError::Api {
                 method: "crm.status.list".into(),
                 status: 200,
@@ -106,7 +121,31 @@ pub async fn fetch_statuses(client: &PortalClient, cols: &[Column]) -> Result<Ve
             next = env.next.filter(|nx| *nx > start && n > 0);
         }
     }
-    Ok(out)
+    if !users {
+        return Ok((out, None));
+    }
+    let Some(first) = batch.results.remove("users") else {
+        let (code, desc) = batch.errors.remove("users").unwrap_or_default();
+        tracing::warn!("user.get is not available to this webhook ({code}: {desc}); _dict/users is not written");
+        return Ok((out, None));
+    };
+    let first: Value = serde_json::from_str(first.get()).unwrap_or(Value::Null);
+    let mut people: Vec<User> = first.as_array().map(|a| a.iter().filter_map(user_of).collect()).unwrap_or_default();
+    let mut next = batch.nexts.get("users").copied();
+    while let Some(start) = next {
+        let env = client.call("user.get", &user_params(start)).await?;
+        let rows = match env.value()? {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        };
+        people.extend(rows.iter().filter_map(user_of));
+        next = env.next.filter(|nx| *nx > start && !rows.is_empty());
+    }
+    Ok((out, Some(people)))
+}
+
+fn user_params(start: u64) -> Value {
+    json!({"sort": "ID", "order": "ASC", "start": start})
 }
 
 fn utf8<I: IntoIterator<Item = Option<String>>>(it: I) -> ArrayRef {
@@ -224,48 +263,6 @@ fn user_of(v: &Value) -> Option<User> {
         active,
         user_type: text("USER_TYPE"),
     })
-}
-
-/// Every user of the portal, active or not (`user.get`, 50 per page), so that `assigned_by_id`, `created_by_id`
-/// and the other user columns can be joined to a person. `None` when the webhook may not read users (no `user`
-/// scope): the export goes on without `_dict/users`.
-pub async fn fetch_users(client: &PortalClient) -> Result<Option<Vec<User>>, PortalError> {
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    loop {
-        let env = match client.call("user.get", &json!({"sort": "ID", "order": "ASC", "start": start})).await {
-            Ok(env) => env,
-            // a webhook without the `user` scope, or a user who may not list users: go on without the table
-            Err(PortalError::Permission { code, description, .. }) if start == 0 => {
-                tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
-                return Ok(None);
-            }
-            Err(PortalError::Api { code, description, .. })
-                if start == 0 && matches!(code.as_str(), "ACCESS_DENIED" | "ERROR_METHOD_NOT_FOUND" | "insufficient_scope") =>
-            {
-                tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
-                return Ok(None);
-            }
-            Err(PortalError::Auth { code, description, .. }) if start == 0 && code == "insufficient_scope" =>
-            {
-                tracing::warn!("user.get is not available to this webhook ({code}: {description}); _dict/users is not written");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let next = env.next;
-        let rows = match env.value()? {
-            Value::Array(a) => a,
-            _ => Vec::new(),
-        };
-        let n = rows.len();
-        out.extend(rows.iter().filter_map(user_of));
-        match next {
-            Some(nx) if nx > start && n > 0 => start = nx,
-            _ => break,
-        }
-    }
-    Ok(Some(out))
 }
 
 /// `_dict/users/users.parquet`.

@@ -680,8 +680,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         Output::Local { root } => root.join(&staging).join("spool"),
         Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}")),
     };
-    let statuses = rt.block_on(crate::dict::fetch_statuses(&client, &cols))?;
-    let users = rt.block_on(crate::dict::fetch_users(&client))?;
+    // status dictionaries and users in one batch request (users: so user columns can be joined to a person)
+    let (statuses, users) = rt.block_on(crate::dict::fetch_dictionaries(&client, &cols, true))?;
     let raw_out = match &opts.raw_out {
         Some(r) => Some((Arc::new(Output::parse(r, &opts.s3)?), meta.clone())),
         None => None,
