@@ -27,7 +27,7 @@ unit:
 	$(CARGO) test --lib
 
 ## Benchmarks: export throughput and memory, then fetch economy vs fast_bitrix24 (prints figures).
-bench: bench-fetch
+bench: bench-fetch bench-convert
 	$(CARGO) bench --bench export
 
 ## 200,000 leads with 100 ms latency and 20 ms per list call, standard limits; b24-export vs fast_bitrix24.
