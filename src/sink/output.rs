@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
 use crate::error::{Error, Result};
@@ -221,36 +220,44 @@ impl Output {
                     file.read_to_end(&mut buf).map_err(|e| Error::io(local, e))?;
                     store.put(&loc, PutPayload::from(buf)).await.map_err(|e| store_err(self.display(key), e))?;
                 } else {
-                    let upload = store.put_multipart(&loc).await.map_err(|e| store_err(self.display(key), e))?;
-                    let mut w = WriteMultipart::new_with_chunk_size(upload, *part_size);
+                    // parts straight from the file, two in flight; any failure, the completion's included, aborts
+                    // the upload so that no parts are left behind
+                    let mut upload = store.put_multipart(&loc).await.map_err(|e| store_err(self.display(key), e))?;
                     let mut parts = 0usize;
                     let sent: Result<()> = async {
+                        // each part is its own task, so that two really are under way at once
+                        let mut inflight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>> =
+                            Default::default();
+                        let joined = |r: std::result::Result<object_store::Result<()>, tokio::task::JoinError>| match r {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(store_err(self.display(key), e)),
+                            Err(e) => Err(store_err(self.display(key), e)),
+                        };
                         loop {
-                            w.wait_for_capacity(2).await.map_err(|e| store_err(self.display(key), e))?;
                             let mut buf = vec![0u8; *part_size];
                             let n = read_full(&mut file, &mut buf).map_err(|e| Error::io(local, e))?;
                             if n == 0 {
                                 break;
                             }
                             buf.truncate(n);
-                            w.put(Bytes::from(buf));
+                            if inflight.len() >= 2 {
+                                joined(inflight.pop_front().expect("two in flight").await)?;
+                            }
+                            inflight.push_back(tokio::spawn(upload.put_part(PutPayload::from(buf))));
                             parts += 1;
                         }
+                        while let Some(part) = inflight.pop_front() {
+                            joined(part.await)?;
+                        }
+                        upload.complete().await.map_err(|e| store_err(self.display(key), e))?;
                         Ok(())
                     }
                     .await;
-                    match sent {
-                        Ok(()) => {
-                            if let Err(e) = w.finish().await {
-                                return Err(store_err(self.display(key), e));
-                            }
-                            tracing::debug!("uploaded {} ({size} bytes) in {parts} parts", self.display(key));
-                        }
-                        Err(e) => {
-                            let _ = w.abort().await; // no half-uploaded object, no dangling parts
-                            return Err(e);
-                        }
+                    if let Err(e) = sent {
+                        let _ = upload.abort().await; // no half-uploaded object, no dangling parts
+                        return Err(e);
                     }
+                    tracing::debug!("uploaded {} ({size} bytes) in {parts} parts", self.display(key));
                 }
                 drop(file);
                 let _ = std::fs::remove_file(local);
