@@ -248,6 +248,58 @@ fn staging_of(run_id: &str) -> String {
     format!("{STAGING}/{run_id}")
 }
 
+/// The local folder a run writes its files in before they move to the output: inside the run's staging area on a
+/// disk (a rename away), in the temporary directory for an object store.
+fn spool_of(out: &Output, run_id: &str) -> PathBuf {
+    match out {
+        Output::Local { root } => root.join(staging_of(run_id)).join("spool"),
+        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}")),
+    }
+}
+
+/// The columns and Arrow schema of a run from field metadata (`from` names where it came from); every `required`
+/// field must be there.
+fn columns_for(
+    meta: &Value,
+    select: Option<&[String]>,
+    required: &[(&str, &str)],
+    from: &str,
+) -> Result<(Vec<schema::Column>, arrow_schema::SchemaRef, String)> {
+    let names: Vec<&str> = required.iter().map(|(f, _)| *f).collect();
+    let cols = schema::build_columns(meta, select, &names)?;
+    for (field, why) in required {
+        if !cols.iter().any(|c| c.source == *field) {
+            return Err(Error::Usage(format!("{why} needs the field {field}, which {from} does not list")));
+        }
+    }
+    let arrow_schema = schema::arrow_schema(&cols);
+    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
+    Ok((cols, arrow_schema, fingerprint))
+}
+
+impl Checkpoint {
+    /// A new run that has fetched nothing yet.
+    fn fresh(select: Option<Vec<String>>, filter: &Map<String, Value>, partition: &PartitionSpec, fingerprint: String, incremental: bool) -> Self {
+        Checkpoint {
+            format: 1,
+            run_id: new_run_id(),
+            started_at: now_rfc3339(),
+            select,
+            filter: Value::Object(filter.clone()),
+            partition_by: partition.name().into(),
+            schema_fingerprint: fingerprint,
+            covered: Coverage::default(),
+            files: Vec::new(),
+            rows: 0,
+            max_date_modify: None,
+            rejects: BTreeMap::new(),
+            reject_segments: Vec::new(),
+            next_seq: 0,
+            incremental,
+        }
+    }
+}
+
 /// One export per local output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that
 /// writes. A lock whose process is gone (a killed run) is taken over. (Object stores have no such lock: the
 /// create-only manifest put still refuses a second commit of the same version.)
@@ -587,35 +639,13 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     // 1. field metadata → columns
     let (meta, item_map) = rt.block_on(field_metadata(&client, opts.api, opts.select.as_deref()))?;
     let mut filter = schema::canonical_filter(&opts.filter, &meta)?;
-    let mut required: Vec<&str> = opts.partition.source_field().into_iter().collect();
+    let mut required: Vec<(&str, &str)> = opts.partition.source_field().map(|f| (f, "--partition-by")).into_iter().collect();
     if opts.incremental.is_some() {
-        required.push("DATE_MODIFY"); // the watermark, and how a changed lead is told from one fetched again
+        // the watermark, and how a changed lead is told from one fetched again
+        required.push(("DATE_MODIFY", "--incremental"));
     }
-    let cols = schema::build_columns(&meta, opts.select.as_deref(), &required)?;
-    for r in &required {
-        if !cols.iter().any(|c| c.source == *r) {
-            return Err(Error::Usage(format!("--partition-by needs the field {r}, which the portal does not list")));
-        }
-    }
-    let arrow_schema = schema::arrow_schema(&cols);
-    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
-    let fresh = Checkpoint {
-        format: 1,
-        run_id: new_run_id(),
-        started_at: now_rfc3339(),
-        select: opts.select.clone(),
-        filter: Value::Object(opts.filter.clone()),
-        partition_by: opts.partition.name().into(),
-        schema_fingerprint: fingerprint.clone(),
-        covered: Coverage::default(),
-        files: Vec::new(),
-        rows: 0,
-        max_date_modify: None,
-        rejects: BTreeMap::new(),
-        reject_segments: Vec::new(),
-        next_seq: 0,
-        incremental: base.is_some(),
-    };
+    let (cols, arrow_schema, fingerprint) = columns_for(&meta, opts.select.as_deref(), &required, "the portal")?;
+    let fresh = Checkpoint::fresh(opts.select.clone(), &opts.filter, &opts.partition, fingerprint, base.is_some());
     // incremental: the snapshot it merges into must have been asked for the same way
     let base = match (base, &opts.incremental) {
         (Some(b), Some(inc)) => {
@@ -676,10 +706,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let resumed_leads = ckpt.rows;
     let staging = staging_of(&run_id);
     let saved = Arc::new(std::sync::atomic::AtomicBool::new(resumed_leads > 0 || !ckpt.covered.0.is_empty()));
-    let spool = match &*out {
-        Output::Local { root } => root.join(&staging).join("spool"),
-        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}")),
-    };
+    let spool = spool_of(&out, &run_id);
     // status dictionaries and users in one batch request (users: so user columns can be joined to a person)
     let (statuses, users) = rt.block_on(crate::dict::fetch_dictionaries(&client, &cols, true))?;
     let raw_out = match &opts.raw_out {
@@ -1196,36 +1223,10 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
-    let required: Vec<&str> = opts.partition.source_field().into_iter().collect();
-    let cols = schema::build_columns(&input.fields, input.run.select.as_deref(), &required)?;
-    for r in &required {
-        if !cols.iter().any(|c| c.source == *r) {
-            return Err(Error::Usage(format!("--partition-by needs the field {r}, which the raw run's fields do not list")));
-        }
-    }
-    let arrow_schema = schema::arrow_schema(&cols);
-    let fingerprint = arrow_schema.metadata().get("b24_export.schema_fingerprint").cloned().unwrap_or_default();
-    let ckpt = Checkpoint {
-        format: 1,
-        run_id: new_run_id(),
-        started_at: now_rfc3339(),
-        select: input.run.select.clone(),
-        filter: Value::Object(filter.clone()),
-        partition_by: opts.partition.name().into(),
-        schema_fingerprint: fingerprint,
-        covered: Coverage::default(),
-        files: Vec::new(),
-        rows: 0,
-        max_date_modify: None,
-        rejects: BTreeMap::new(),
-        reject_segments: Vec::new(),
-        next_seq: 0,
-        incremental: false,
-    };
-    let spool = match &*out {
-        Output::Local { root } => root.join(staging_of(&ckpt.run_id)).join("spool"),
-        Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{}", ckpt.run_id)),
-    };
+    let required: Vec<(&str, &str)> = opts.partition.source_field().map(|f| (f, "--partition-by")).into_iter().collect();
+    let (cols, arrow_schema, fingerprint) = columns_for(&input.fields, input.run.select.as_deref(), &required, "the raw run's fields")?;
+    let ckpt = Checkpoint::fresh(input.run.select.clone(), &filter, &opts.partition, fingerprint, false);
+    let spool = spool_of(&out, &ckpt.run_id);
     let settings = Settings {
         partition: opts.partition.clone(),
         select: input.run.select.clone(),
