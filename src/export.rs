@@ -278,6 +278,19 @@ fn columns_for(
 }
 
 impl Checkpoint {
+    /// What differs between this run's request and another run's (a snapshot it would merge into, a run it
+    /// would resume), as the option a user would change; `None` when they asked for the same.
+    fn asked_differently(&self, select: &Option<Vec<String>>, filter: &Value, partition_by: &str, fingerprint: &str) -> Option<&'static str> {
+        [
+            (*select != self.select, "--select"),
+            (*filter != self.filter, "--filter"),
+            (partition_by != self.partition_by, "--partition-by"),
+            (fingerprint != self.schema_fingerprint, "the portal's fields"),
+        ]
+        .into_iter()
+        .find_map(|(differs, what)| differs.then_some(what))
+    }
+
     /// A new run that has fetched nothing yet.
     fn fresh(select: Option<Vec<String>>, filter: &Map<String, Value>, partition: &PartitionSpec, fingerprint: String, incremental: bool) -> Self {
         Checkpoint {
@@ -649,13 +662,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     // incremental: the snapshot it merges into must have been asked for the same way
     let base = match (base, &opts.incremental) {
         (Some(b), Some(inc)) => {
-            let differs = [
-                (b.select != fresh.select, "--select"),
-                (b.filter != fresh.filter, "--filter"),
-                (b.partition_by != fresh.partition_by, "--partition-by"),
-                (b.schema_fingerprint != fresh.schema_fingerprint, "the portal's fields"),
-            ];
-            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+            if let Some(what) = fresh.asked_differently(&b.select, &b.filter, &b.partition_by, &b.schema_fingerprint) {
                 return Err(Error::Usage(format!(
                     "cannot merge into snapshot v{:06}: {what} differs from the run that wrote it; export a full snapshot with --overwrite (without --incremental)",
                     b.version
@@ -685,13 +692,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     };
     let ckpt = match resumed {
         Some(c) => {
-            let differs = [
-                (c.select != fresh.select, "--select"),
-                (c.filter != fresh.filter, "--filter"),
-                (c.partition_by != fresh.partition_by, "--partition-by"),
-                (c.schema_fingerprint != fresh.schema_fingerprint, "the portal's fields"),
-            ];
-            if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+            if let Some(what) = fresh.asked_differently(&c.select, &c.filter, &c.partition_by, &c.schema_fingerprint) {
                 return Err(Error::Usage(format!(
                     "cannot --resume run {}: {what} changed since it started; run without --resume to start over",
                     c.run_id
@@ -1161,11 +1162,6 @@ async fn fetch_all_ids(
     filter: Map<String, Value>,
     like: &FetchSpec,
 ) -> Result<std::collections::HashSet<i64>> {
-    #[derive(Deserialize)]
-    struct IdRow {
-        #[serde(rename = "ID")]
-        id: Value,
-    }
     let spec = Arc::new(FetchSpec {
         method: like.method.clone(),
         select: vec![if like.normalize.is_some() { "id" } else { "ID" }.into()],
@@ -1176,19 +1172,13 @@ async fn fetch_all_ids(
         normalize: like.normalize.clone(),
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(4);
+    let method = spec.method.clone();
     let collect = tokio::spawn(async move {
         let mut ids = std::collections::HashSet::new();
         while let Some(page) = rx.recv().await {
             for chunk in &page.chunks {
-                let rows: Vec<IdRow> = serde_json::from_str(chunk.get()).map_err(|e| Error::Internal(format!("an ID page did not parse again: {e}")))?;
-                for r in rows {
-                    let id = match &r.id {
-                        Value::String(s) => s.parse().ok(),
-                        Value::Number(n) => n.as_i64(),
-                        _ => None,
-                    };
-                    ids.insert(id.ok_or_else(|| Error::Internal(format!("a lead without a numeric ID: {}", r.id)))?);
-                }
+                // the planner checked every ID of these pages already: the same reading cannot fail now
+                ids.extend(plan::ids_of(&method, "ids", chunk)?.into_iter().flatten());
             }
         }
         Ok::<_, Error>(ids)

@@ -228,7 +228,7 @@ struct IdOnly {
 }
 
 /// The IDs of a raw list result (a JSON array of records), without building the records.
-fn ids_of(method: &str, key: &str, raw: &RawValue) -> Result<Vec<Option<i64>>, PortalError> {
+pub(crate) fn ids_of(method: &str, key: &str, raw: &RawValue) -> Result<Vec<Option<i64>>, PortalError> {
     let rows: Vec<IdOnly> = serde_json::from_str(raw.get()).map_err(|e| {
         let found = serde_json::from_str::<Value>(raw.get()).map(|v| kind_of(&v)).unwrap_or("unreadable JSON");
         PortalError::Protocol {
