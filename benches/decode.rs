@@ -76,7 +76,7 @@ fn php_escaped(json: &str) -> String {
 fn main() {
     let n: usize = std::env::var("B24_BENCH_LEADS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let rounds: usize = std::env::var("B24_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let cols = build_columns(&fields_metadata(), None, &[]).expect("columns");
+    let cols = build_columns(b24_export::entity::Entity::Lead, &fields_metadata(), None, &[]).expect("columns");
     let schema = arrow_schema(&cols);
     let t = Instant::now();
     let pages = pages(n, &Encoding::default());

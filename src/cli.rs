@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use b24_export::client::auth::{AuthConfig, OAuthConfig};
 use b24_export::client::ClientConfig;
+use b24_export::entity::{Entity, ENTITY_CHOICES};
 use b24_export::error::{Error, Result};
 use b24_export::export::{self, ExportOptions, ExportSummary};
 use b24_export::secret::Webhook;
@@ -19,7 +20,7 @@ use b24_export::sink::output::{Output, S3Options};
 use b24_export::sink::partition::PartitionSpec;
 
 #[derive(Parser, Debug)]
-#[command(name = "b24-export", version, about = "Export Bitrix24 CRM leads into typed, hive-partitioned Parquet")]
+#[command(name = "b24-export", version, about = "Export Bitrix24 CRM leads, deals, contacts and companies into typed, hive-partitioned Parquet")]
 pub struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true)]
@@ -30,7 +31,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Export every lead (or a filtered subset) into OUT/leads/.
+    /// Export every lead (or deal, contact, company; or a filtered subset) into OUT/leads/ (OUT/deals/, …).
     Export(Box<ExportArgs>),
     /// Run the simulated portal on 127.0.0.1 until interrupted.
     Sim(SimArgs),
@@ -49,13 +50,13 @@ pub struct ConvertArgs {
     /// The raw landing zone: a run folder (with run.json) or its parent (the latest complete run is taken);
     /// a directory, file://… or s3://….
     pub raw: String,
-    /// Output location (as for export); the dataset is written to OUT/leads/.
+    /// Output location (as for export); the dataset is written to OUT/<dataset>/ (the raw run's entity).
     #[arg(long)]
     pub out: String,
-    /// Hive partitioning (as for export).
-    #[arg(long, default_value = "date_create:month")]
-    pub partition_by: String,
-    /// Replace an existing dataset in OUT/leads.
+    /// Hive partitioning (as for export; default: the entity's default).
+    #[arg(long)]
+    pub partition_by: Option<String>,
+    /// Replace an existing dataset in OUT/<dataset>.
     #[arg(long)]
     pub overwrite: bool,
     /// Stop at the first value that does not fit its column.
@@ -109,6 +110,9 @@ impl S3Args {
 pub struct SchemaArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// The entity: lead, deal, contact or company.
+    #[arg(long, default_value = "lead")]
+    pub entity: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = SchemaFormat::Table)]
     pub format: SchemaFormat,
@@ -206,9 +210,14 @@ pub fn auth_config(a: &AuthArgs) -> Result<AuthConfig> {
 pub struct ExportArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Output location: a directory, file://… or s3://bucket/prefix; the dataset is written to OUT/leads/.
+    /// Output location: a directory, file://… or s3://bucket/prefix; each entity's dataset is written to its folder
+    /// (OUT/leads/, OUT/deals/, OUT/contacts/, OUT/companies/).
     #[arg(long)]
     pub out: String,
+    /// What to export: lead, deal, contact, company, or all; repeat the option or separate with commas. Entities
+    /// run one after the other, each committed on its own; --select, --filter and --partition-by apply to each.
+    #[arg(long, value_delimiter = ',', default_value = "lead")]
+    pub entity: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
     /// Continue the latest interrupted run in OUT from its last checkpoint (a new run if there is none).
@@ -234,24 +243,26 @@ pub struct ExportArgs {
     /// With --detect-deletes: keep the rows of deleted leads, with a deleted_at timestamp, instead of removing them.
     #[arg(long, requires = "detect_deletes")]
     pub keep_deleted: bool,
-    /// The list method: lead (crm.lead.list), item (crm.item.list, its successor), or auto (crm.item.list where
-    /// the portal has it and it serves every requested field, crm.lead.list otherwise).
+    /// The list method: lead (the legacy crm.lead.list, crm.deal.list, …), item (crm.item.list, their successor),
+    /// or auto (crm.item.list where the portal has it and it serves every requested field, the legacy one otherwise).
     #[arg(long, default_value = "auto", value_parser = ["auto", "lead", "item"])]
     pub api: String,
     /// Also keep every page body as it came (zstd JSON lines) with the run's field metadata under RAW/<run id>/,
     /// for `b24-export convert` (a directory, file://… or s3://…).
     #[arg(long)]
     pub raw_out: Option<String>,
-    /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, status_id.
-    #[arg(long, default_value = "date_create:month")]
-    pub partition_by: String,
-    /// A crm.lead.list filter object, e.g. '{">=DATE_CREATE": "2024-01-01", "!STATUS_ID": "JUNK"}'.
+    /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, or a code column: status_id
+    /// (leads), stage_id (deals), type_id, source_id. Default: date_create:month for leads and deals,
+    /// date_create:year for contacts and companies.
+    #[arg(long)]
+    pub partition_by: Option<String>,
+    /// A legacy list filter object, e.g. '{">=DATE_CREATE": "2024-01-01", "!STATUS_ID": "JUNK"}'.
     #[arg(long)]
     pub filter: Option<String>,
     /// Comma-separated fields to export (ID is always kept), e.g. TITLE,STATUS_ID,OPPORTUNITY,PHONE.
     #[arg(long, value_delimiter = ',')]
     pub select: Option<Vec<String>>,
-    /// Replace an existing dataset in OUT/leads (removed once the new one is complete).
+    /// Replace an existing dataset in OUT/<dataset> (removed once the new one is complete).
     #[arg(long)]
     pub overwrite: bool,
     /// Stop at the first value that does not fit its column (default: write NULL and list it in OUT/_rejects/).
@@ -266,6 +277,15 @@ pub struct SimArgs {
     /// Number of leads.
     #[arg(long, default_value_t = 100_000)]
     pub leads: usize,
+    /// Number of deals.
+    #[arg(long, default_value_t = 50_000)]
+    pub deals: usize,
+    /// Number of contacts.
+    #[arg(long, default_value_t = 40_000)]
+    pub contacts: usize,
+    /// Number of companies.
+    #[arg(long, default_value_t = 10_000)]
+    pub companies: usize,
     /// Port on 127.0.0.1 (0 = any free port).
     #[arg(long, default_value_t = 8090)]
     pub port: u16,
@@ -363,15 +383,25 @@ fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
     })
 }
 
-/// Validates everything before any request is sent.
-pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
+/// Validates everything before any request is sent: one export per entity, in the order asked for.
+pub fn export_options(a: &ExportArgs, progress: bool) -> Result<Vec<ExportOptions>> {
+    let entities = Entity::parse_list(&a.entity)?;
+    let partition: Option<PartitionSpec> = a.partition_by.as_deref().map(str::parse).transpose()?;
+    let one = export_options_for(a, progress, entities[0], partition.clone())?;
+    Ok(entities
+        .iter()
+        .map(|e| ExportOptions { entity: *e, partition: partition.clone().unwrap_or_else(|| e.default_partition()), ..one.clone() })
+        .collect())
+}
+
+fn export_options_for(a: &ExportArgs, progress: bool, entity: Entity, partition: Option<PartitionSpec>) -> Result<ExportOptions> {
     let s3 = a.s3.options();
     Output::parse(&a.out, &s3).map_err(|e| Error::Usage(format!("--out {e}")))?;
     if !(a.checkpoint_every >= 0.0 && a.checkpoint_every.is_finite()) {
         return Err(Error::Usage(format!("--checkpoint-every {}: expected seconds, e.g. 60", a.checkpoint_every)));
     }
     let auth = auth_config(&a.auth)?;
-    let partition: PartitionSpec = a.partition_by.parse()?;
+    let partition = partition.unwrap_or_else(|| entity.default_partition());
     let filter = parse_filter(a.filter.as_deref())?;
     let select = a.select.as_ref().map(|v| v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>());
     if select.as_ref().is_some_and(|s| s.is_empty()) {
@@ -401,6 +431,7 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<ExportOptions> {
             keep_deleted: a.keep_deleted,
         }),
         out: a.out.clone(),
+        entity,
         s3,
         resume: a.resume,
         checkpoint_every: Duration::from_secs_f64(a.checkpoint_every),
@@ -430,8 +461,9 @@ pub fn print_summary(s: &ExportSummary) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "exported {} leads into {} — {} files, {}, {} requests, {} retries, {:.1} s (run {})",
+        "exported {} {} into {} — {} files, {}, {} requests, {} retries, {:.1} s (run {})",
         s.leads,
+        s.entity.dataset(),
         s.dataset,
         s.files.len(),
         human_bytes(s.bytes),
@@ -465,7 +497,7 @@ pub fn print_summary(s: &ExportSummary) {
         );
     }
     if s.resumed_leads > 0 {
-        let _ = writeln!(out, "resumed an interrupted run: {} of these leads had been exported before it stopped", s.resumed_leads);
+        let _ = writeln!(out, "resumed an interrupted run: {} of these {} had been exported before it stopped", s.resumed_leads, s.entity.dataset());
     }
     let _ = writeln!(out, "committed snapshot v{:06} (`b24-export sql` prints a query that reads exactly it)", s.manifest_version);
     if s.replaced > 0 && s.changes.is_none() {
@@ -502,10 +534,26 @@ fn print_schema(cols: &[b24_export::schema::Column], format: SchemaFormat) {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Export(a) => {
-            let opts = export_options(&a, !cli.quiet)?;
-            let summary = export::run_export(opts)?;
-            print_summary(&summary);
-            Ok(())
+            let runs = export_options(&a, !cli.quiet)?;
+            let several = runs.len() > 1;
+            // each entity is its own run and commit: one that fails does not stop the others; the exit code is
+            // the first failure's
+            let mut first_error = None;
+            for opts in runs {
+                let entity = opts.entity;
+                match export::run_export(opts) {
+                    Ok(summary) => print_summary(&summary),
+                    Err(e) if several => {
+                        tracing::error!("{}: {e}", entity.dataset());
+                        first_error.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         }
         Command::Convert(a) => {
             let s3 = a.s3.options();
@@ -515,7 +563,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 raw: a.raw.clone(),
                 out: a.out.clone(),
                 s3,
-                partition: a.partition_by.parse()?,
+                partition: a.partition_by.as_deref().map(str::parse).transpose()?,
                 overwrite: a.overwrite,
                 progress: !cli.quiet,
                 strict: a.strict,
@@ -538,7 +586,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Schema(a) => {
             let auth = auth_config(&a.auth)?;
-            let cols = export::portal_columns(&auth, ClientConfig::default(), a.select.as_deref())?;
+            let entity: Entity = a.entity.parse().map_err(|_| Error::Usage(format!("unknown --entity {:?}; choose one of: {}", a.entity, ENTITY_CHOICES.trim_end_matches(", all"))))?;
+            let cols = export::portal_columns(&auth, ClientConfig::default(), entity, a.select.as_deref())?;
             print_schema(&cols, a.format);
             Ok(())
         }
@@ -546,6 +595,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let base = if a.plan == "enterprise" { SimConfig::default().enterprise() } else { SimConfig::default() };
             let cfg = SimConfig {
                 leads: a.leads,
+                deals: a.deals,
+                contacts: a.contacts,
+                companies: a.companies,
                 seed: a.seed,
                 offset_secs: parse_offset(&a.tz_offset)?,
                 burst: a.burst.unwrap_or(base.burst),
@@ -564,7 +616,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 ..base
             };
             let portal = SimPortal::start(cfg, a.port).map_err(|e| Error::Usage(format!("cannot listen on 127.0.0.1:{}: {e}", a.port)))?;
-            println!("simulated portal with {} leads listening on http://{}", a.leads, portal.addr());
+            println!(
+                "simulated portal with {} leads, {} deals, {} contacts, {} companies listening on http://{}",
+                a.leads,
+                a.deals,
+                a.contacts,
+                a.companies,
+                portal.addr()
+            );
             println!("webhook: {}", portal.webhook_url());
             println!("try: b24-export export --webhook {} --out ./out", portal.webhook_url());
             portal.wait();
@@ -581,6 +640,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = ExportOptions {
                 auth: AuthConfig::Webhook(Webhook::parse(&portal.webhook_url())?),
                 out: a.out.display().to_string(),
+                entity: Entity::Lead,
                 s3: S3Options::default(),
                 resume: false,
                 checkpoint_every: Duration::from_secs(60),

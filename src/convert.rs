@@ -1871,7 +1871,7 @@ mod tests {
     use crate::sim::data::{fields_metadata, generate_ids, lead_truth, render_lead, Encoding, IdLayout};
 
     fn all_columns() -> (Vec<Column>, SchemaRef) {
-        let cols = crate::schema::build_columns(&fields_metadata(), None, &[]).unwrap();
+        let cols = crate::schema::build_columns(crate::entity::Entity::Lead, &fields_metadata(), None, &[]).unwrap();
         let schema = crate::schema::arrow_schema(&cols);
         (cols, schema)
     }
@@ -1994,7 +1994,7 @@ mod tests {
     fn a_subset_of_columns_skips_the_other_keys() {
         let meta = fields_metadata();
         let sel: Vec<String> = ["TITLE", "PHONE", "UF_CRM_1710000000009", "UF_CRM_1710000000016", "OPPORTUNITY"].map(String::from).into();
-        let cols = crate::schema::build_columns(&meta, Some(&sel), &["DATE_CREATE"]).unwrap();
+        let cols = crate::schema::build_columns(crate::entity::Entity::Lead, &meta, Some(&sel), &["DATE_CREATE"]).unwrap();
         let schema = crate::schema::arrow_schema(&cols);
         let records = sim_records(120, 0, &Encoding::default());
         assert_same(&chunked(&records, 50), 120, &cols, &schema).unwrap();

@@ -1,5 +1,6 @@
-//! Labels and dictionaries an analyst can join: `_dict/fields`, `_dict/enum_items` and `_dict/statuses`,
-//! built from `crm.lead.fields` and `crm.status.list`.
+//! Labels and dictionaries an analyst can join: `_dict/fields`, `_dict/enum_items` and `_dict/statuses` (per
+//! dataset), `_dict/users`, built from `crm.<entity>.fields`, `crm.status.list`, `crm.category.list` and
+//! `user.get`.
 
 use std::sync::Arc;
 
@@ -19,6 +20,15 @@ pub struct Status {
     pub name: String,
     pub sort: Option<i64>,
     pub semantics: Option<String>,
+    /// Deal stages: the funnel (`crm.category.list`) the stage belongs to, 0 for the default funnel.
+    #[serde(default)]
+    pub category_id: Option<i64>,
+}
+
+/// The `crm.status.list` ENTITY_ID of a deal funnel's stages: `DEAL_STAGE` for the default funnel (0),
+/// `DEAL_STAGE_<id>` for the others (shared/bitrix24-api.md §11).
+pub fn deal_stage_entity(category: i64) -> String {
+    if category == 0 { "DEAL_STAGE".into() } else { format!("DEAL_STAGE_{category}") }
 }
 
 fn text(v: Option<&Value>) -> Option<String> {
@@ -35,8 +45,15 @@ fn status_rows(entity: &str, result: Value, out: &mut Vec<Status>) -> usize {
         _ => Vec::new(),
     };
     for r in &rows {
+        let entity_id = text(r.get("ENTITY_ID")).unwrap_or_else(|| entity.to_string());
+        let category_id = match text(r.get("CATEGORY_ID")).and_then(|c| c.trim().parse().ok()) {
+            Some(c) => Some(c),
+            None if entity_id == "DEAL_STAGE" => Some(0),
+            None => entity_id.strip_prefix("DEAL_STAGE_").and_then(|c| c.parse().ok()),
+        };
         out.push(Status {
-            entity_id: text(r.get("ENTITY_ID")).unwrap_or_else(|| entity.to_string()),
+            category_id,
+            entity_id,
             status_id: text(r.get("STATUS_ID")).unwrap_or_default(),
             name: text(r.get("NAME")).unwrap_or_default(),
             sort: text(r.get("SORT")).and_then(|s| s.trim().parse().ok()),
@@ -59,11 +76,26 @@ fn users_not_allowed(code: &str) -> bool {
 
 /// The status dictionaries and (with `users`) the first page of `user.get`, in one `batch` request; longer
 /// dictionaries and more users page on with single calls. Users are `None` when the webhook may not read them.
+/// Deal stages are per funnel: the funnels (`crm.category.list`) come with that batch, and the stages of the
+/// funnels other than the default one (`DEAL_STAGE_<id>`) with one more.
 pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: bool) -> Result<(Vec<Status>, Option<Vec<User>>), PortalError> {
-    let mut entities: Vec<&str> = cols.iter().filter_map(|c| c.status_type.as_deref()).collect();
+    let mut entities: Vec<String> = cols.iter().filter_map(|c| c.status_type.clone()).collect();
     entities.sort();
     entities.dedup();
-    entities.truncate(49);
+    entities.truncate(48);
+    let deal_stages = entities.iter().any(|e| e == "DEAL_STAGE");
+    let (mut out, people, categories) = dictionaries_batch(client, &entities, users, deal_stages).await?;
+    let funnels: Vec<String> = categories.iter().filter(|(id, _)| *id != 0).map(|(id, _)| deal_stage_entity(*id)).collect();
+    for chunk in funnels.chunks(48) {
+        out.extend(dictionaries_batch(client, chunk, false, false).await?.0);
+    }
+    Ok((out, people))
+}
+
+type Dictionaries = (Vec<Status>, Option<Vec<User>>, Vec<(i64, String)>);
+
+/// One batch of status dictionaries (+ the first page of users, + the deal funnels), then paging.
+async fn dictionaries_batch(client: &PortalClient, entities: &[String], users: bool, categories: bool) -> Result<Dictionaries, PortalError> {
     let mut out = Vec::new();
     let params = |e: &str, start: u64| json!({"filter": {"ENTITY_ID": e}, "order": {"SORT": "ASC"}, "start": start});
     let mut cmds: Vec<(String, String)> = entities
@@ -74,8 +106,11 @@ pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: b
     if users {
         cmds.push(("users".into(), format!("user.get?{}", php_query::encode(user_params(0).as_object().expect("object")))));
     }
+    if categories {
+        cmds.push(("categories".into(), "crm.category.list?entityTypeId=2".into()));
+    }
     if cmds.is_empty() {
-        return Ok((out, None));
+        return Ok((out, None, Vec::new()));
     }
     // transient per-command failures (or a silently missing result) are retried like cursor steps
     let mut attempts = 0u32;
@@ -83,11 +118,17 @@ pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: b
         attempts += 1;
         let b = client.batch(&cmds).await?;
         let users_refused = b.errors.get("users").is_some_and(|(code, _)| users_not_allowed(code));
-        let complete = cmds.iter().all(|(k, _)| b.results.contains_key(k) || (k == "users" && users_refused));
+        // a portal without crm.category.list (older versions) has the default funnel only
+        let categories_refused = b.errors.get("categories").is_some_and(|(code, _)| !is_transient_code(code));
+        let complete = cmds
+            .iter()
+            .all(|(k, _)| b.results.contains_key(k) || (k == "users" && users_refused) || (k == "categories" && categories_refused));
         if complete {
             break b;
         }
-        if let Some((code, desc)) = b.errors.iter().filter(|(k, _)| *k != "users").map(|(_, v)| v).find(|(code, _)| !is_transient_code(code)) {
+        if let Some((code, desc)) =
+            b.errors.iter().filter(|(k, _)| *k != "users" && *k != "categories").map(|(_, v)| v).find(|(code, _)| !is_transient_code(code))
+        {
             return Err(PortalError::Api {
                 method: "crm.status.list".into(),
                 status: 200,
@@ -109,6 +150,19 @@ pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: b
             tokio::time::sleep(client.backoff(attempts - 1)).await;
         }
     };
+    let mut funnels: Vec<(i64, String)> = Vec::new();
+    if let Some(raw) = batch.results.remove("categories") {
+        let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        for c in v.get("categories").and_then(Value::as_array).into_iter().flatten() {
+            let id = c.get("id").and_then(|i| i.as_i64().or_else(|| i.as_str().and_then(|s| s.parse().ok())));
+            if let Some(id) = id {
+                funnels.push((id, text(c.get("name")).unwrap_or_default()));
+            }
+        }
+    } else if categories {
+        let (code, _) = batch.errors.remove("categories").unwrap_or_default();
+        tracing::warn!("crm.category.list is not available ({code}); only the default deal funnel's stages are in _dict/statuses");
+    }
     for (i, entity) in entities.iter().enumerate() {
         let key = format!("s{i}");
         let raw = batch.results.remove(&key);
@@ -122,12 +176,12 @@ pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: b
         }
     }
     if !users {
-        return Ok((out, None));
+        return Ok((out, None, funnels));
     }
     let Some(first) = batch.results.remove("users") else {
         let (code, desc) = batch.errors.remove("users").unwrap_or_default();
         tracing::warn!("user.get is not available to this webhook ({code}: {desc}); _dict/users is not written");
-        return Ok((out, None));
+        return Ok((out, None, funnels));
     };
     let first: Value = serde_json::from_str(first.get()).unwrap_or(Value::Null);
     let mut people: Vec<User> = first.as_array().map(|a| a.iter().filter_map(user_of).collect()).unwrap_or_default();
@@ -141,7 +195,7 @@ pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: b
         people.extend(rows.iter().filter_map(user_of));
         next = env.next.filter(|nx| *nx > start && !rows.is_empty());
     }
-    Ok((out, Some(people)))
+    Ok((out, Some(people), funnels))
 }
 
 fn user_params(start: u64) -> Value {
@@ -219,6 +273,7 @@ pub fn statuses_table(rows: &[Status]) -> Result<RecordBatch> {
             Field::new("name", DataType::Utf8, true),
             Field::new("sort", DataType::Int64, true),
             Field::new("semantics", DataType::Utf8, true),
+            Field::new("category_id", DataType::Int64, true),
         ],
         vec![
             utf8(rows.iter().map(|r| Some(r.entity_id.clone()))),
@@ -226,6 +281,7 @@ pub fn statuses_table(rows: &[Status]) -> Result<RecordBatch> {
             utf8(rows.iter().map(|r| Some(r.name.clone()))),
             Arc::new(Int64Array::from(rows.iter().map(|r| r.sort).collect::<Vec<_>>())),
             utf8(rows.iter().map(|r| r.semantics.clone())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.category_id).collect::<Vec<_>>())),
         ],
     )
 }

@@ -6,11 +6,14 @@
 //! The commit protocol, the same on a local disk and on S3:
 //! 1. Parquet files are written to a local spool folder; at each checkpoint (`--checkpoint-every`) the writer
 //!    finishes its open files, moves them to the run's staging area in the output
-//!    (`OUT/.b24-staging/<run id>/leads/…`), then saves `checkpoint.json` listing them and the ID intervals they
-//!    complete. `--resume` continues the latest interrupted run from there.
-//! 2. When the fetch is complete, the staged files are moved into the dataset (`OUT/leads/…`, renames locally,
-//!    server-side copies on S3), dictionaries and rejects beside it, and the manifest is committed with a
-//!    create-only put (`OUT/_manifests/leads/vNNNNNN.json`).
+//!    (`OUT/.b24-staging/<dataset>/<run id>/<dataset>/…`), then saves `checkpoint.json` listing them and the ID
+//!    intervals they complete. `--resume` continues the latest interrupted run of that dataset from there.
+//! 2. When the fetch is complete, the staged files are moved into the dataset (`OUT/leads/…`, `OUT/deals/…`,
+//!    renames locally, server-side copies on S3), dictionaries and rejects beside it, and the manifest is committed
+//!    with a create-only put (`OUT/_manifests/<dataset>/vNNNNNN.json`).
+//!
+//! Each entity (`--entity`) is one such run with its own dataset, staging area and manifests; one lock covers
+//! the output while any of them runs.
 //! 3. Only then are the previous snapshot's files, files of failed runs and all staged leftovers removed.
 
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::client::{ClientConfig, ClientStats, PortalClient};
+use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::plan::{self, Coverage, FetchSpec, Page};
 use crate::progress::Progress;
@@ -42,11 +46,14 @@ use crate::sink::{self, DatasetWriter, SinkConfig};
 pub struct ExportOptions {
     /// How to reach the portal: webhook or OAuth app.
     pub auth: AuthConfig,
-    /// The output root: a local path, `file://…` or `s3://bucket/prefix`; the dataset goes to `OUT/leads`.
+    /// The output root: a local path, `file://…` or `s3://bucket/prefix`; the dataset goes to `OUT/<dataset>`
+    /// (`leads`, `deals`, `contacts`, `companies`).
     pub out: String,
+    /// What to export.
+    pub entity: Entity,
     pub s3: S3Options,
     pub partition: PartitionSpec,
-    /// A `crm.lead.list` filter object, combined with the cursor's own conditions.
+    /// A legacy list filter object (`crm.lead.list` names), combined with the cursor's own conditions.
     pub filter: Map<String, Value>,
     /// Fields to export (`None` = all); ID is always kept.
     pub select: Option<Vec<String>>,
@@ -67,7 +74,8 @@ pub struct ExportOptions {
     pub incremental: Option<IncrementalOptions>,
     /// `--raw-out`: keep every page body as it came, for `b24-export convert`.
     pub raw_out: Option<String>,
-    /// Which list method: `crm.lead.list`, `crm.item.list`, or the item API where it serves every field.
+    /// Which list method: the legacy `crm.<entity>.list`, `crm.item.list`, or the item API where it serves every
+    /// field.
     pub api: Api,
 }
 
@@ -82,11 +90,12 @@ pub enum Api {
 /// The field metadata in legacy shape, and the item map when the run uses crm.item.list. `auto` asks for both
 /// field lists in one `batch` request (no request more than `--api lead`) and takes the item API only when it
 /// serves every field asked for: switching must never lose a column.
-async fn field_metadata(client: &PortalClient, api: Api, select: Option<&[String]>) -> Result<(Value, Option<ItemMap>)> {
-    let map = ItemMap::lead();
+async fn field_metadata(client: &PortalClient, entity: Entity, api: Api, select: Option<&[String]>) -> Result<(Value, Option<ItemMap>)> {
+    let map = ItemMap::of(entity);
+    let legacy_method = entity.fields_method();
     let item_cmd = format!("crm.item.fields?entityTypeId={}&useOriginalUfNames=Y", map.entity_type_id);
     let (item_fields, legacy) = match api {
-        Api::Lead => return Ok((client.call("crm.lead.fields", &json!({})).await?.value()?, None)),
+        Api::Lead => return Ok((client.call(legacy_method, &json!({})).await?.value()?, None)),
         Api::Item => {
             let params = json!({"entityTypeId": map.entity_type_id, "useOriginalUfNames": "Y"});
             (client.call("crm.item.fields", &params).await?.value()?, None)
@@ -95,23 +104,23 @@ async fn field_metadata(client: &PortalClient, api: Api, select: Option<&[String
             let mut attempts = 0;
             let mut out = loop {
                 attempts += 1;
-                let out = client.batch(&[("item".into(), item_cmd.clone()), ("lead".into(), "crm.lead.fields".into())]).await?;
+                let out = client.batch(&[("item".into(), item_cmd.clone()), ("lead".into(), legacy_method.into())]).await?;
                 if out.results.contains_key("lead") || attempts > 3 {
                     break out;
                 }
             };
             let legacy: Value = match out.results.remove("lead") {
-                Some(raw) => serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("crm.lead.fields: {e}")))?,
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("{legacy_method}: {e}")))?,
                 None => {
                     let (code, desc) = out.errors.remove("lead").unwrap_or_default();
-                    return Err(PortalError::Api { method: "crm.lead.fields".into(), status: 200, code, description: desc, attempts }.into());
+                    return Err(PortalError::Api { method: legacy_method.into(), status: 200, code, description: desc, attempts }.into());
                 }
             };
             match out.results.remove("item") {
                 Some(raw) => (serde_json::from_str(raw.get()).map_err(|e| Error::Internal(format!("crm.item.fields: {e}")))?, Some(legacy)),
                 None => {
                     let why = out.errors.remove("item").map(|(c, _)| c).unwrap_or_default();
-                    tracing::info!("--api auto: crm.item.fields is not available ({why}); using crm.lead.list");
+                    tracing::info!("--api auto: crm.item.fields is not available ({why}); using {}", entity.list_method());
                     return Ok((legacy, None));
                 }
             }
@@ -123,13 +132,19 @@ async fn field_metadata(client: &PortalClient, api: Api, select: Option<&[String
             Some(s) => s.to_vec(),
             None => legacy.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default(),
         };
-        let missing: Vec<&String> = wanted.iter().filter(|f| meta.get(f.as_str()).is_none() && legacy.get(f.as_str()).is_some()).collect();
+        // a field is served when the item API has it with the same content (a standard file field is only the
+        // file's ID there, without the legacy object's show URL)
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|f| (meta.get(f.as_str()).is_none() || map.is_file_field(f)) && legacy.get(f.as_str()).is_some())
+            .collect();
         if !missing.is_empty() {
             tracing::info!(
-                "--api auto: crm.item.list lacks {} field(s) ({}{}); using crm.lead.list",
+                "--api auto: crm.item.list lacks {} field(s) ({}{}); using {}",
                 missing.len(),
                 missing.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                if missing.len() > 5 { ", …" } else { "" }
+                if missing.len() > 5 { ", …" } else { "" },
+                entity.list_method()
             );
             return Ok((legacy, None));
         }
@@ -143,7 +158,8 @@ pub struct ConvertOptions {
     pub raw: String,
     pub out: String,
     pub s3: S3Options,
-    pub partition: PartitionSpec,
+    /// `None`: the default of the raw run's entity.
+    pub partition: Option<PartitionSpec>,
     pub overwrite: bool,
     pub progress: bool,
     pub strict: bool,
@@ -173,11 +189,13 @@ pub struct IncrementalOptions {
 /// What an export did.
 #[derive(Debug)]
 pub struct ExportSummary {
+    pub entity: Entity,
     /// Where the dataset is, as a reader names it (a path or an `s3://` URL).
     pub dataset: String,
     pub run_id: String,
+    /// Rows in the dataset (leads, deals, …).
     pub leads: u64,
-    /// Leads an interrupted run had already exported when this run resumed it.
+    /// Rows an interrupted run had already exported when this run resumed it.
     pub resumed_leads: u64,
     pub files: Vec<ManifestFile>,
     pub bytes: u64,
@@ -189,7 +207,7 @@ pub struct ExportSummary {
     pub seconds: f64,
     /// Files of a previous snapshot (or of failed runs) removed after the commit.
     pub replaced: usize,
-    /// The version of the committed manifest (`OUT/_manifests/leads/vNNNNNN.json`).
+    /// The version of the committed manifest (`OUT/_manifests/<dataset>/vNNNNNN.json`).
     pub manifest_version: u64,
     /// Values that did not fit their column (now NULL), per field.
     pub rejects: BTreeMap<String, u64>,
@@ -199,8 +217,7 @@ pub struct ExportSummary {
     pub changes: Option<Changes>,
 }
 
-pub const DATASET: &str = "leads";
-/// Runs in progress and their checkpoints, beside the datasets: `OUT/.b24-staging/<run id>/…`.
+/// Runs in progress and their checkpoints, beside the datasets: `OUT/.b24-staging/<dataset>/<run id>/…`.
 pub const STAGING: &str = ".b24-staging";
 /// Labels and dictionaries: `OUT/_dict/<table>/<dataset>.parquet`.
 pub const DICT: &str = "_dict";
@@ -230,7 +247,7 @@ struct Checkpoint {
     schema_fingerprint: String,
     /// ID intervals fully exported.
     covered: Coverage,
-    /// Finished files in `staging/leads/`, relative to the dataset.
+    /// Finished files in `staging/<dataset>/`, relative to the dataset.
     files: Vec<ManifestFile>,
     rows: u64,
     /// Highest DATE_MODIFY so far, in microseconds since the epoch.
@@ -244,15 +261,20 @@ struct Checkpoint {
     incremental: bool,
 }
 
-fn staging_of(run_id: &str) -> String {
-    format!("{STAGING}/{run_id}")
+/// The staging area of a dataset's runs.
+fn staging_root(dataset: &str) -> String {
+    format!("{STAGING}/{dataset}")
+}
+
+fn staging_of(dataset: &str, run_id: &str) -> String {
+    format!("{}/{run_id}", staging_root(dataset))
 }
 
 /// The local folder a run writes its files in before they move to the output: inside the run's staging area on a
 /// disk (a rename away), in the temporary directory for an object store.
-fn spool_of(out: &Output, run_id: &str) -> PathBuf {
+fn spool_of(out: &Output, dataset: &str, run_id: &str) -> PathBuf {
     match out {
-        Output::Local { root } => root.join(staging_of(run_id)).join("spool"),
+        Output::Local { root } => root.join(staging_of(dataset, run_id)).join("spool"),
         Output::S3 { .. } => std::env::temp_dir().join(format!("b24-export-{run_id}")),
     }
 }
@@ -260,13 +282,14 @@ fn spool_of(out: &Output, run_id: &str) -> PathBuf {
 /// The columns and Arrow schema of a run from field metadata (`from` names where it came from); every `required`
 /// field must be there.
 fn columns_for(
+    entity: Entity,
     meta: &Value,
     select: Option<&[String]>,
     required: &[(&str, &str)],
     from: &str,
 ) -> Result<(Vec<schema::Column>, arrow_schema::SchemaRef, String)> {
     let names: Vec<&str> = required.iter().map(|(f, _)| *f).collect();
-    let cols = schema::build_columns(meta, select, &names)?;
+    let cols = schema::build_columns(entity, meta, select, &names)?;
     for (field, why) in required {
         if !cols.iter().any(|c| c.source == *field) {
             return Err(Error::Usage(format!("{why} needs the field {field}, which {from} does not list")));
@@ -441,13 +464,13 @@ impl Drop for Lock {
     }
 }
 
-/// The most recent interrupted run that left a checkpoint, if any.
+/// The most recent interrupted run of a dataset that left a checkpoint, if any.
 /// A run whose manifest was committed (`committed_run`) is not interrupted, even if its checkpoint is still
 /// there (a kill during its cleanup): it is skipped, and its leftovers go with the next commit. An unreadable
 /// checkpoint is skipped with a warning.
-async fn find_checkpoint(out: &Output, committed_run: Option<&str>) -> Result<Option<Checkpoint>> {
+async fn find_checkpoint(out: &Output, dataset: &str, committed_run: Option<&str>) -> Result<Option<Checkpoint>> {
     let mut runs: Vec<String> = out
-        .list(STAGING)
+        .list(&staging_root(dataset))
         .await?
         .into_iter()
         .filter_map(|(k, _)| k.strip_suffix("/checkpoint.json").map(str::to_string))
@@ -487,6 +510,7 @@ struct Converted {
 /// The writer thread's state: Parquet files, rejects and the checkpoint that describes them.
 struct RunWriter {
     w: DatasetWriter,
+    dataset: &'static str,
     out: Arc<Output>,
     rt: tokio::runtime::Handle,
     staging: String,
@@ -572,8 +596,8 @@ impl RunWriter {
     fn checkpoint(&mut self) -> Result<()> {
         let files = self.w.flush_files()?;
         for f in files {
-            let key = format!("{}/{DATASET}/{}", self.staging, f.path);
-            self.rt.block_on(self.out.put_file(&self.spool.join(DATASET).join(&f.path), &key))?;
+            let key = format!("{}/{}/{}", self.staging, self.dataset, f.path);
+            self.rt.block_on(self.out.put_file(&self.spool.join(self.dataset).join(&f.path), &key))?;
             self.ckpt.files.push(ManifestFile { path: f.path, rows: f.rows, bytes: f.bytes });
         }
         if let Some(name) = self.rejects.close_segment()? {
@@ -587,7 +611,7 @@ impl RunWriter {
         self.rt.block_on(self.out.put_bytes(&format!("{}/checkpoint.json", self.staging), text))?;
         self.saved.store(true, Ordering::Relaxed);
         self.last = Instant::now();
-        tracing::debug!("checkpoint: {} leads in {} files", self.ckpt.rows, self.ckpt.files.len());
+        tracing::debug!("checkpoint: {} {} in {} files", self.ckpt.rows, self.dataset, self.ckpt.files.len());
         Ok(())
     }
 }
@@ -602,19 +626,20 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
     let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
     let _lock = Lock::take(&out, &rt)?;
+    let dataset = opts.entity.dataset();
 
     // the output, before any request to the portal: what is there, and can we write?
     let existing: Vec<String> =
-        rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
+        rt.block_on(out.list(dataset))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
     // an incremental run merges into the latest committed snapshot (the first one is a full snapshot)
     let base = match &opts.incremental {
-        Some(_) => rt.block_on(manifest::latest(&out, DATASET))?,
+        Some(_) => rt.block_on(manifest::latest(&out, dataset))?,
         None => None,
     };
     if !existing.is_empty() && !opts.overwrite && base.is_none() {
         return Err(Error::Usage(format!(
             "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, --incremental to merge changes into it, or choose another --out",
-            out.display(DATASET),
+            out.display(dataset),
             existing.len()
         )));
     }
@@ -623,8 +648,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         out.put_bytes(&check, b"ok".to_vec()).await?;
         out.delete(&check).await
     })?;
-    let committed = rt.block_on(manifest::latest(&out, DATASET))?;
-    let interrupted = rt.block_on(find_checkpoint(&out, committed.as_ref().map(|m| m.run_id.as_str())))?;
+    let committed = rt.block_on(manifest::latest(&out, dataset))?;
+    let interrupted = rt.block_on(find_checkpoint(&out, dataset, committed.as_ref().map(|m| m.run_id.as_str())))?;
     let resumed = match (opts.resume, interrupted) {
         (_, Some(c)) if c.incremental => {
             tracing::info!("an interrupted incremental run ({}) is not resumed: this run starts again from the last committed watermark", c.run_id);
@@ -637,7 +662,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         }
         (false, Some(c)) => {
             tracing::warn!(
-                "an interrupted run ({}, {} leads) could be continued with --resume; starting a new run instead (the old run's leftovers are removed when this one commits)",
+                "an interrupted run ({}, {} {dataset}) could be continued with --resume; starting a new run instead (the old run's leftovers are removed when this one commits)",
                 c.run_id,
                 c.rows
             );
@@ -650,14 +675,14 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let client = Arc::new(PortalClient::new(opts.auth.clone(), opts.client.clone(), stats.clone())?);
 
     // 1. field metadata → columns
-    let (meta, item_map) = rt.block_on(field_metadata(&client, opts.api, opts.select.as_deref()))?;
+    let (meta, item_map) = rt.block_on(field_metadata(&client, opts.entity, opts.api, opts.select.as_deref()))?;
     let mut filter = schema::canonical_filter(&opts.filter, &meta)?;
     let mut required: Vec<(&str, &str)> = opts.partition.source_field().map(|f| (f, "--partition-by")).into_iter().collect();
     if opts.incremental.is_some() {
         // the watermark, and how a changed lead is told from one fetched again
         required.push(("DATE_MODIFY", "--incremental"));
     }
-    let (cols, arrow_schema, fingerprint) = columns_for(&meta, opts.select.as_deref(), &required, "the portal")?;
+    let (cols, arrow_schema, fingerprint) = columns_for(opts.entity, &meta, opts.select.as_deref(), &required, "the portal")?;
     let fresh = Checkpoint::fresh(opts.select.clone(), &opts.filter, &opts.partition, fingerprint, base.is_some());
     // incremental: the snapshot it merges into must have been asked for the same way
     let base = match (base, &opts.incremental) {
@@ -680,8 +705,8 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
             let since = watermark - chrono::Duration::from_std(inc.overlap).unwrap_or_default();
             let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
             filter.insert(">=DATE_MODIFY".into(), json!(since));
-            tracing::info!("incremental: leads modified since {since} (snapshot v{:06} and --overlap)", b.version);
-            let index = rt.block_on(merge::read_index(&out, DATASET, &b.files))?;
+            tracing::info!("incremental: {dataset} modified since {since} (snapshot v{:06} and --overlap)", b.version);
+            let index = rt.block_on(merge::read_index(&out, dataset, &b.files))?;
             Some((b, since, Arc::new(index)))
         }
         (None, Some(_)) => {
@@ -698,16 +723,16 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
                     c.run_id
                 )));
             }
-            tracing::info!("resuming run {} from its checkpoint: {} leads in {} files already exported", c.run_id, c.rows, c.files.len());
+            tracing::info!("resuming run {} from its checkpoint: {} {dataset} in {} files already exported", c.run_id, c.rows, c.files.len());
             c
         }
         None => fresh,
     };
     let run_id = ckpt.run_id.clone();
     let resumed_leads = ckpt.rows;
-    let staging = staging_of(&run_id);
+    let staging = staging_of(dataset, &run_id);
     let saved = Arc::new(std::sync::atomic::AtomicBool::new(resumed_leads > 0 || !ckpt.covered.0.is_empty()));
-    let spool = spool_of(&out, &run_id);
+    let spool = spool_of(&out, dataset, &run_id);
     // status dictionaries and users in one batch request (users: so user columns can be joined to a person)
     let (statuses, users) = rt.block_on(crate::dict::fetch_dictionaries(&client, &cols, true))?;
     let raw_out = match &opts.raw_out {
@@ -719,7 +744,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     user_filter.remove(">=DATE_MODIFY");
     let spec = match &item_map {
         None => FetchSpec {
-            method: "crm.lead.list".into(),
+            method: opts.entity.list_method().into(),
             select: schema::request_select(&cols, opts.select.is_none()),
             filter,
             concurrency: opts.concurrency,
@@ -747,6 +772,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
     let spec = Arc::new(spec);
     let source = Source::Portal { client: client.clone(), spec, user_filter };
     let settings = Settings {
+        entity: opts.entity,
         partition: opts.partition.clone(),
         select: opts.select.clone(),
         filter: opts.filter.clone(),
@@ -778,6 +804,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
 
 /// What shapes a run's dataset (from `export` or `convert` options).
 struct Settings {
+    entity: Entity,
     partition: PartitionSpec,
     select: Option<Vec<String>>,
     filter: Map<String, Value>,
@@ -815,30 +842,31 @@ fn export_run(
     base: Option<(Manifest, String, Arc<Index>)>,
 ) -> Result<ExportSummary> {
     let Run { opts, rt, out, stats, display: source_name, statuses, users, raw_out } = run;
+    let dataset = opts.entity.dataset();
     let run_id = ckpt.run_id.clone();
-    let staging = staging_of(&run_id);
+    let staging = staging_of(dataset, &run_id);
     let _ = std::fs::remove_dir_all(spool); // a killed run's unfinished local files
     std::fs::create_dir_all(spool).map_err(|e| Error::io(spool, e))?;
     // staged files that no checkpoint lists were being written when the run stopped: drop them
     let listed: std::collections::HashSet<String> = ckpt
         .files
         .iter()
-        .map(|f| format!("{staging}/{DATASET}/{}", f.path))
+        .map(|f| format!("{staging}/{dataset}/{}", f.path))
         .chain(ckpt.reject_segments.iter().map(|r| format!("{staging}/{REJECTS}/{r}")))
         .collect();
     rt.block_on(delete_where(out, &staging, |k| !listed.contains(k) && !k.ends_with("/checkpoint.json") && !k.contains("/spool/")))?;
 
-    tracing::info!("exporting leads from {source_name} into {} (run {run_id}, {} columns)", out.display(DATASET), cols.len());
+    tracing::info!("exporting {dataset} from {source_name} into {} (run {run_id}, {} columns)", out.display(dataset), cols.len());
 
     // labels and dictionaries, staged with the run
     let dict_tables = [
-        ("fields", crate::dict::fields_table(DATASET, &cols)?),
-        ("enum_items", crate::dict::enum_items_table(DATASET, &cols)?),
+        ("fields", crate::dict::fields_table(dataset, &cols)?),
+        ("enum_items", crate::dict::enum_items_table(dataset, &cols)?),
         ("statuses", crate::dict::statuses_table(&statuses)?),
     ];
     let mut side_files: Vec<(String, String)> = Vec::new(); // (staged key, published key)
     for (name, table) in &dict_tables {
-        let rel = format!("{DICT}/{name}/{DATASET}.parquet");
+        let rel = format!("{DICT}/{name}/{dataset}.parquet");
         let local = spool.join(&rel);
         sink::write_table(&local, table)?;
         rt.block_on(out.put_file(&local, &format!("{staging}/{rel}")))?;
@@ -894,12 +922,13 @@ fn export_run(
     }
     drop(batch_tx);
     drop(page_rx); // the converters own the receiver: when they are gone, the fetch's sends fail instead of waiting
-    let mut sink_cfg = SinkConfig::new(spool.join(DATASET), run_id.clone(), opts.partition.clone());
+    let mut sink_cfg = SinkConfig::new(spool.join(dataset), run_id.clone(), opts.partition.clone());
     sink_cfg.first_seq = ckpt.next_seq;
     let done = ckpt.covered.clone();
     let before = ckpt.rows;
     let mut rw = RunWriter {
         w: DatasetWriter::new(sink_cfg, &arrow_schema)?,
+        dataset,
         out: out.clone(),
         rt: rt.handle().clone(),
         staging: staging.clone(),
@@ -945,7 +974,7 @@ fn export_run(
             let staged: u64 = c.files.iter().map(|f| f.rows).sum();
             let counted = n.is_none_or(|n| c.rows + t.refetched_unchanged == before + n);
             if staged != c.rows || !counted {
-                return Err(Error::Internal(format!("fetched {n:?} leads (and {before} before resuming) but staged {staged} rows")));
+                return Err(Error::Internal(format!("fetched {n:?} {dataset} (and {before} before resuming) but staged {staged} rows")));
             }
             (c, t)
         }
@@ -979,7 +1008,7 @@ fn export_run(
                 touched.insert(*file);
                 deleted += 1;
             }
-            tracing::info!("incremental: the portal lists {} leads; {deleted} of the snapshot's are gone", live.len());
+            tracing::info!("incremental: the portal lists {} {dataset}; {deleted} of the snapshot's are gone", live.len());
         }
         let mut seq = ckpt.next_seq;
         for &i in &touched {
@@ -988,8 +1017,8 @@ fn export_run(
             let name = format!("part-{run_id}-{seq:05}.parquet");
             let merge_spool = spool.join("merge");
             let at = chrono::Utc::now().timestamp_micros();
-            if let Some(info) = rt.block_on(merge::rewrite_without(out, DATASET, f, &drop, &mark, at, &merge_spool, &name, &run_id))? {
-                rt.block_on(out.put_file(&merge_spool.join(&info.path), &format!("{staging}/{DATASET}/{}", info.path)))?;
+            if let Some(info) = rt.block_on(merge::rewrite_without(out, dataset, f, &drop, &mark, at, &merge_spool, &name, &run_id))? {
+                rt.block_on(out.put_file(&merge_spool.join(&info.path), &format!("{staging}/{dataset}/{}", info.path)))?;
                 ckpt.files.push(ManifestFile { path: info.path, rows: info.rows, bytes: info.bytes });
             }
         }
@@ -1027,7 +1056,7 @@ fn export_run(
             run_id: run_id.clone(),
             started_at: ckpt.started_at.clone(),
             source: source_name.clone(),
-            entity: DATASET.into(),
+            entity: dataset.into(),
             select: opts.select.clone(),
             filter: Value::Object(opts.filter.clone()),
             pages: Vec::new(),
@@ -1043,7 +1072,7 @@ fn export_run(
     // 4. the run is complete: publish its files, commit its manifest, then remove what it replaces
     let mut manifest = Manifest {
         format: 1,
-        dataset: DATASET.into(),
+        dataset: dataset.into(),
         version: 0,
         run_id: run_id.clone(),
         started_at: ckpt.started_at.clone(),
@@ -1066,10 +1095,10 @@ fn export_run(
         incremental: changes.clone(),
     };
     let rejects_total: u64 = ckpt.rejects.values().sum();
-    let rejects_key = format!("{REJECTS}/{DATASET}.jsonl");
+    let rejects_key = format!("{REJECTS}/{dataset}.jsonl");
     let publish = async {
         for f in &ckpt.files {
-            let (from, to) = (format!("{staging}/{DATASET}/{}", f.path), format!("{DATASET}/{}", f.path));
+            let (from, to) = (format!("{staging}/{dataset}/{}", f.path), format!("{dataset}/{}", f.path));
             if let Err(e) = out.rename(&from, &to).await {
                 // moved already by an earlier attempt that stopped before its commit?
                 if out.get_size(&from).await?.is_some() || out.get_size(&to).await? != Some(f.bytes) {
@@ -1085,7 +1114,7 @@ fn export_run(
             return Err(failed.error); // its files must stay: the manifest may list them
         }
         // not committed: take back what was published, so the dataset stays the previous snapshot
-        let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+        let ours: Vec<String> = ckpt.files.iter().map(|f| format!("{dataset}/{}", f.path)).collect();
         rt.block_on(async {
             for k in &ours {
                 let _ = out.delete(k).await;
@@ -1102,7 +1131,7 @@ fn export_run(
             out.rename(staged, published).await?;
         }
         if rejects_total > 0 {
-            let local = spool.join(format!("{DATASET}.jsonl"));
+            let local = spool.join(format!("{dataset}.jsonl"));
             let mut file = std::fs::File::create(&local).map_err(|e| Error::io(&local, e))?;
             for seg in &ckpt.reject_segments {
                 out.copy_to(&format!("{staging}/{REJECTS}/{seg}"), &mut file).await?;
@@ -1116,15 +1145,15 @@ fn export_run(
     if let Err(e) = rt.block_on(side) {
         tracing::warn!("snapshot v{:06} is committed, but its dictionaries or rejects file could not be put in place ({e})", manifest.version);
     }
-    let keep: std::collections::HashSet<String> = all_files.iter().map(|f| format!("{DATASET}/{}", f.path)).collect();
+    let keep: std::collections::HashSet<String> = all_files.iter().map(|f| format!("{dataset}/{}", f.path)).collect();
     let cleanup = async {
         if rejects_total == 0 {
             out.delete(&rejects_key).await?;
         }
         // the previous snapshot, and files of failed runs, in the dataset
-        let old = delete_where(out, DATASET, |k| k.ends_with(".parquet") && !keep.contains(k)).await?;
-        // staged work of this run and of interrupted ones
-        out.clear(STAGING, &[LOCK]).await?;
+        let old = delete_where(out, dataset, |k| k.ends_with(".parquet") && !keep.contains(k)).await?;
+        // staged work of this run and of this dataset's interrupted ones
+        out.clear(&staging_root(dataset), &[]).await?;
         Ok::<usize, Error>(old)
     };
     let replaced = match rt.block_on(cleanup) {
@@ -1136,7 +1165,8 @@ fn export_run(
     };
     let rejects_file = (rejects_total > 0).then(|| out.display(&rejects_key));
     Ok(ExportSummary {
-        dataset: out.display(DATASET),
+        entity: opts.entity,
+        dataset: out.display(dataset),
         run_id,
         leads: total_rows,
         resumed_leads: 0,
@@ -1199,26 +1229,33 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
     let raw = Arc::new(Output::parse(&opts.raw, &opts.s3)?);
     let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
     let _lock = Lock::take(&out, &rt)?;
+    let input = rt.block_on(crate::raw::open(&raw))?;
+    let entity = Entity::of_dataset(&input.run.entity).ok_or_else(|| {
+        Error::Usage(format!("{} holds pages of {:?}, which this version cannot convert", raw.display(&input.folder), input.run.entity))
+    })?;
+    let dataset = entity.dataset();
+    let partition = opts.partition.clone().unwrap_or_else(|| entity.default_partition());
     let existing: Vec<String> =
-        rt.block_on(out.list(DATASET))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
+        rt.block_on(out.list(dataset))?.into_iter().map(|(k, _)| k).filter(|k| k.ends_with(".parquet")).collect();
     if !existing.is_empty() && !opts.overwrite {
         return Err(Error::Usage(format!(
             "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, or choose another --out",
-            out.display(DATASET),
+            out.display(dataset),
             existing.len()
         )));
     }
-    let input = rt.block_on(crate::raw::open(&raw))?;
     let filter = match &input.run.filter {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
-    let required: Vec<(&str, &str)> = opts.partition.source_field().map(|f| (f, "--partition-by")).into_iter().collect();
-    let (cols, arrow_schema, fingerprint) = columns_for(&input.fields, input.run.select.as_deref(), &required, "the raw run's fields")?;
-    let ckpt = Checkpoint::fresh(input.run.select.clone(), &filter, &opts.partition, fingerprint, false);
-    let spool = spool_of(&out, &ckpt.run_id);
+    let required: Vec<(&str, &str)> = partition.source_field().map(|f| (f, "--partition-by")).into_iter().collect();
+    let (cols, arrow_schema, fingerprint) =
+        columns_for(entity, &input.fields, input.run.select.as_deref(), &required, "the raw run's fields")?;
+    let ckpt = Checkpoint::fresh(input.run.select.clone(), &filter, &partition, fingerprint, false);
+    let spool = spool_of(&out, dataset, &ckpt.run_id);
     let settings = Settings {
-        partition: opts.partition.clone(),
+        entity,
+        partition,
         select: input.run.select.clone(),
         filter,
         strict: opts.strict,
@@ -1232,7 +1269,7 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
     let users = input.users.clone();
     let run = Run { opts: &settings, rt: &rt, out: &out, stats: &stats, display: source_name, statuses, users, raw_out: None };
     let saved = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let staging = staging_of(&ckpt.run_id);
+    let staging = staging_of(dataset, &ckpt.run_id);
     let result = export_run(run, Source::Raw { raw, input: Box::new(input) }, cols, arrow_schema, ckpt, &spool, saved, existing, None);
     let _ = std::fs::remove_dir_all(&spool);
     match result {
@@ -1300,15 +1337,15 @@ fn max_timestamp(batch: &RecordBatch, column: &str) -> Option<i64> {
 }
 
 /// The columns an export would write, from the portal's field metadata (for `b24-export schema`).
-pub fn portal_columns(auth: &AuthConfig, client: ClientConfig, select: Option<&[String]>) -> Result<Vec<schema::Column>> {
+pub fn portal_columns(auth: &AuthConfig, client: ClientConfig, entity: Entity, select: Option<&[String]>) -> Result<Vec<schema::Column>> {
     let stats = Arc::new(ClientStats::default());
     let client = PortalClient::new(auth.clone(), client, stats)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
-    let meta = rt.block_on(client.call("crm.lead.fields", &json!({})))?.value()?;
-    schema::build_columns(&meta, select, &[])
+    let meta = rt.block_on(client.call(entity.fields_method(), &json!({})))?.value()?;
+    schema::build_columns(entity, &meta, select, &[])
 }
 
 /// A DuckDB query that reads every Parquet file of the dataset (what a plain glob sees).

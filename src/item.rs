@@ -1,6 +1,6 @@
 //! `crm.item.list` / `crm.item.fields` (the successor of `crm.lead.list`) turned into what the rest of the tool
 //! knows: legacy field metadata and legacy-shaped records, so that `--api item` writes the same dataset as
-//! `--api lead` — same column names, types and values. The name map is declared in `schemas/lead_item.json`.
+//! `--api lead` — same column names, types and values. The name maps are declared in `schemas/<entity>_item.json`.
 //!
 //! Records are rewritten from the raw JSON text of each value: a number such as `"opportunity":999.9` becomes the
 //! string `"999.9"` exactly as sent, and the converter parses that decimal text — never a binary float.
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use crate::entity::Entity;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +21,9 @@ struct Declared {
     fields: Map<String, Value>,
     multifields: Vec<String>,
     types: HashMap<String, String>,
+    /// Standard file fields (contact PHOTO, company LOGO): the item API gives only the file ID.
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 /// The item ⇄ legacy names of one entity.
@@ -30,12 +34,18 @@ pub struct ItemMap {
     to_item: HashMap<String, String>,
     multifields: Vec<String>,
     types: HashMap<String, String>,
+    files: Vec<String>,
 }
 
 impl ItemMap {
     /// The lead map, from `schemas/lead_item.json`.
     pub fn lead() -> ItemMap {
-        let d: Declared = serde_json::from_str(include_str!("../schemas/lead_item.json")).expect("schemas/lead_item.json is valid");
+        ItemMap::of(Entity::Lead)
+    }
+
+    /// An entity's map, from `schemas/<entity>_item.json`.
+    pub fn of(entity: Entity) -> ItemMap {
+        let d: Declared = serde_json::from_str(entity.item_mapping()).expect("the schemas/*_item.json files are valid");
         let mut to_legacy = HashMap::new();
         let mut to_item = HashMap::new();
         for (legacy, item) in &d.fields {
@@ -49,6 +59,7 @@ impl ItemMap {
             to_item,
             multifields: d.multifields,
             types: d.types,
+            files: d.files,
         }
     }
 
@@ -58,6 +69,11 @@ impl ItemMap {
             return Some(item);
         }
         self.to_legacy.get(item).map(String::as_str)
+    }
+
+    /// A standard file field (PHOTO, LOGO), which the item API gives as the file's ID alone.
+    pub fn is_file_field(&self, legacy: &str) -> bool {
+        self.files.iter().any(|f| f == legacy)
     }
 
     /// The item name of a legacy field.
@@ -138,7 +154,14 @@ impl ItemMap {
                     continue;
                 }
                 let Some(legacy) = self.legacy_name(k) else { continue };
-                rec.insert(legacy.to_string(), legacy_value(v)?);
+                let mut value = legacy_value(v)?;
+                if self.files.iter().any(|f| f == legacy) {
+                    // the file's ID alone: the legacy object without its URLs
+                    if let Value::String(id) = &value {
+                        value = json!({ "id": id.parse::<i64>().map(Value::from).unwrap_or(Value::String(id.clone())) });
+                    }
+                }
+                rec.insert(legacy.to_string(), value);
             }
             out.push(rec);
         }
@@ -243,5 +266,13 @@ mod tests {
         assert!(item.contains_key(">=updatedTime") && item.contains_key("!stageId"));
         f.insert("ADDRESS_CITY".into(), json!("x"));
         assert!(map.item_filter(&f).is_err());
+        for e in Entity::ALL {
+            assert_eq!(ItemMap::of(e).entity_type_id, e.entity_type_id());
+        }
+        assert_eq!(ItemMap::of(Entity::Deal).item_name("STAGE_ID"), Some("stageId"));
+        let photo = RawValue::from_string(r#"{"items":[{"id":3,"photo":77,"typeId":"CLIENT"}]}"#.to_string()).unwrap();
+        let out: Vec<Map<String, Value>> = serde_json::from_str(ItemMap::of(Entity::Contact).legacy_records(&photo).unwrap().get()).unwrap();
+        assert_eq!(out[0]["PHOTO"], json!({"id": 77}));
+        assert_eq!(out[0]["TYPE_ID"], "CLIENT");
     }
 }

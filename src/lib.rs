@@ -7,6 +7,7 @@
 pub mod client;
 pub mod convert;
 pub mod dict;
+pub mod entity;
 pub mod error;
 pub mod export;
 pub mod item;

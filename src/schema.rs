@@ -1,4 +1,4 @@
-//! Schema: field metadata from `crm.lead.fields` plus the declared mapping in `schemas/lead.json` → the
+//! Schema: field metadata from `crm.<entity>.fields` plus the declared mapping in `schemas/<entity>.json` → the
 //! columns of the dataset and their Arrow types.
 
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::entity::Entity;
 use crate::error::{Error, Result};
 
 /// How a Bitrix value becomes an Arrow value.
@@ -51,6 +52,7 @@ impl Kind {
             "date32" => Kind::Date,
             "utf8" => Kind::Utf8,
             "multifield" => Kind::Multifield,
+            "file" => Kind::File,
             "list<int64>" => Kind::List(Box::new(Kind::Int64)),
             _ => return None,
         })
@@ -177,9 +179,6 @@ struct Declared {
     fields: Vec<DeclaredField>,
 }
 
-/// The checked-in mapping of standard lead fields (`schemas/lead.json`), embedded in the binary.
-pub const LEAD_MAPPING: &str = include_str!("../schemas/lead.json");
-
 fn declared_kind(mapping: &Declared, name: &str) -> Option<Kind> {
     mapping.fields.iter().find(|f| f.name == name).and_then(|f| Kind::parse_declared(&f.arrow))
 }
@@ -187,14 +186,15 @@ fn declared_kind(mapping: &Declared, name: &str) -> Option<Kind> {
 /// The type of a field the mapping does not declare, from its Bitrix type.
 pub fn kind_for_type(bitrix_type: &str, multiple: bool, user_field: bool) -> Kind {
     let scalar = match bitrix_type {
-        "integer" | "user" | "crm_company" | "crm_contact" | "employee" | "enumeration" => Kind::Int64,
+        "integer" | "user" | "crm_company" | "crm_contact" | "crm_lead" | "crm_deal" | "crm_quote" | "crm_category" | "employee"
+        | "enumeration" => Kind::Int64,
         "double" => Kind::Float64,
         "char" | "boolean" => Kind::Bool,
         "datetime" => Kind::Timestamp,
         "date" => Kind::Date,
         "crm_multifield" => return Kind::Multifield,
         "money" if user_field => Kind::Money,
-        "file" if user_field => Kind::File,
+        "file" => Kind::File,
         _ => Kind::Utf8,
     };
     if multiple {
@@ -209,19 +209,22 @@ pub fn column_name(field: &str) -> String {
     field.to_ascii_lowercase()
 }
 
-/// Builds the columns from the portal's field metadata (the `result` of `crm.lead.fields`), in the portal's
+/// Builds the columns from the portal's field metadata (the `result` of `crm.<entity>.fields`), in the portal's
 /// order. `select`: the fields the user asked for (`None` = all); ID is always kept.
-pub fn build_columns(meta: &Value, select: Option<&[String]>, required: &[&str]) -> Result<Vec<Column>> {
-    let mapping: Declared = serde_json::from_str(LEAD_MAPPING).map_err(|e| Error::Internal(format!("schemas/lead.json: {e}")))?;
+pub fn build_columns(entity: Entity, meta: &Value, select: Option<&[String]>, required: &[&str]) -> Result<Vec<Column>> {
+    let mapping: Declared =
+        serde_json::from_str(entity.mapping()).map_err(|e| Error::Internal(format!("schemas/{}.json: {e}", entity.name())))?;
     let Value::Object(fields) = meta else {
-        return Err(Error::Internal("crm.lead.fields did not return an object".into()));
+        return Err(Error::Internal(format!("{} did not return an object", entity.fields_method())));
     };
     if let Some(sel) = select {
         let unknown: Vec<&String> = sel.iter().filter(|s| !fields.keys().any(|k| k.eq_ignore_ascii_case(s))).collect();
         if !unknown.is_empty() {
             return Err(Error::Usage(format!(
-                "--select names fields the portal does not have: {}; see `crm.lead.fields` for the field names",
-                unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                "--select names fields the portal's {}s do not have: {}; see `b24-export schema --entity {}` for the field names",
+                entity.name(),
+                unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                entity.name()
             )));
         }
     }
@@ -274,7 +277,7 @@ pub fn build_columns(meta: &Value, select: Option<&[String]>, required: &[&str])
         });
     }
     if !cols.iter().any(|c| c.source == "ID") {
-        return Err(Error::Internal("crm.lead.fields does not list ID".into()));
+        return Err(Error::Internal(format!("{} does not list ID", entity.fields_method())));
     }
     Ok(cols)
 }
@@ -320,18 +323,25 @@ mod tests {
 
     #[test]
     fn mapping_parses_and_covers_types() {
-        let d: Declared = serde_json::from_str(LEAD_MAPPING).unwrap();
-        assert!(d.fields.len() > 50);
-        for f in &d.fields {
-            assert!(Kind::parse_declared(&f.arrow).is_some(), "{}: {}", f.name, f.arrow);
+        for entity in Entity::ALL {
+            let d: Declared = serde_json::from_str(entity.mapping()).unwrap();
+            assert!(d.fields.len() > 25, "{entity}");
+            for f in &d.fields {
+                assert!(Kind::parse_declared(&f.arrow).is_some(), "{entity}: {}: {}", f.name, f.arrow);
+            }
+            assert_eq!(declared_kind(&d, "ID"), Some(Kind::Int64));
         }
-        assert_eq!(declared_kind(&d, "OPPORTUNITY"), Some(Kind::Decimal));
+        let lead: Declared = serde_json::from_str(Entity::Lead.mapping()).unwrap();
+        assert_eq!(declared_kind(&lead, "OPPORTUNITY"), Some(Kind::Decimal));
+        let company: Declared = serde_json::from_str(Entity::Company.mapping()).unwrap();
+        assert_eq!(declared_kind(&company, "REVENUE"), Some(Kind::Decimal));
+        assert_eq!(declared_kind(&company, "LOGO"), Some(Kind::File));
     }
 
     #[test]
     fn columns_from_simulated_metadata() {
         let meta = crate::sim::data::fields_metadata();
-        let cols = build_columns(&meta, None, &[]).unwrap();
+        let cols = build_columns(Entity::Lead, &meta, None, &[]).unwrap();
         let k = |n: &str| cols.iter().find(|c| c.source == n).unwrap().kind.clone();
         assert_eq!(k("ID"), Kind::Int64);
         assert_eq!(k("DATE_CREATE"), Kind::Timestamp);
@@ -339,10 +349,10 @@ mod tests {
         assert_eq!(k("UF_CRM_1710000000010"), Kind::List(Box::new(Kind::Int64)));
         assert_eq!(k("PHONE"), Kind::Multifield);
         let sel = vec!["title".to_string()];
-        let cols = build_columns(&meta, Some(&sel), &["DATE_CREATE"]).unwrap();
+        let cols = build_columns(Entity::Lead, &meta, Some(&sel), &["DATE_CREATE"]).unwrap();
         assert_eq!(cols.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "title", "date_create"]);
         let bad = vec!["NOPE".to_string()];
-        assert!(matches!(build_columns(&meta, Some(&bad), &[]), Err(Error::Usage(_))));
+        assert!(matches!(build_columns(Entity::Lead, &meta, Some(&bad), &[]), Err(Error::Usage(_))));
     }
 }
 

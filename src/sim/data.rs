@@ -22,6 +22,13 @@ pub enum FType {
     User,
     CrmCompany,
     CrmContact,
+    CrmLead,
+    CrmQuote,
+    /// A deal funnel (`crm_category`).
+    CrmCategory,
+    Location,
+    /// A standard file field (contact PHOTO, company LOGO): the same object as a file UF.
+    File,
     Multifield,
     // user-field types
     UfString,
@@ -59,6 +66,11 @@ impl FType {
             User => "user",
             CrmCompany => "crm_company",
             CrmContact => "crm_contact",
+            CrmLead => "crm_lead",
+            CrmQuote => "crm_quote",
+            CrmCategory => "crm_category",
+            Location => "location",
+            File => "file",
             Multifield => "crm_multifield",
             UfString => "string",
             UfInteger => "integer",
@@ -223,8 +235,24 @@ pub fn users() -> Vec<Value> {
         .collect()
 }
 
-/// `crm.status.list` rows: (ENTITY_ID, STATUS_ID, NAME, SORT, SEMANTICS).
-pub fn status_dictionary() -> Vec<(&'static str, &'static str, &'static str, i64, Option<&'static str>)> {
+/// `crm.status.list` rows: (ENTITY_ID, STATUS_ID, NAME, SORT, SEMANTICS) — the lead's dictionaries, then deal
+/// stages per funnel (`DEAL_STAGE`, `DEAL_STAGE_<id>`) and the other entities' types.
+pub fn status_dictionary() -> Vec<(String, String, &'static str, i64, Option<&'static str>)> {
+    let mut out: Vec<(String, String, &'static str, i64, Option<&'static str>)> =
+        lead_statuses().into_iter().map(|(e, id, name, sort, sem)| (e.to_string(), id.to_string(), name, sort, sem)).collect();
+    for (cat, ..) in super::entities::DEAL_CATEGORIES {
+        let entity = if *cat == 0 { "DEAL_STAGE".to_string() } else { format!("DEAL_STAGE_{cat}") };
+        for (id, name, sort, sem) in super::entities::deal_stages(*cat) {
+            out.push((entity.clone(), id, name, sort, (sem != "P").then_some(sem)));
+        }
+    }
+    for (e, id, name, sort) in super::entities::OTHER_STATUSES {
+        out.push((e.to_string(), id.to_string(), name, *sort, None));
+    }
+    out
+}
+
+fn lead_statuses() -> Vec<(&'static str, &'static str, &'static str, i64, Option<&'static str>)> {
     let mut out = vec![
         ("STATUS", "NEW", "Unassigned", 10, None),
         ("STATUS", "IN_PROCESS", "In progress", 20, None),
@@ -243,14 +271,14 @@ pub fn status_dictionary() -> Vec<(&'static str, &'static str, &'static str, i64
 }
 
 const STATUSES: &[(&str, &str)] = &[("NEW", "P"), ("IN_PROCESS", "P"), ("PROCESSED", "P"), ("CONVERTED", "S"), ("JUNK", "F")];
-const SOURCES: &[&str] = &[
+pub(super) const SOURCES: &[&str] = &[
     "CALL", "EMAIL", "WEB", "ADVERTISING", "PARTNER", "RECOMMENDATION", "TRADE_SHOW", "WEBFORM", "CALLBACK", "OTHER",
 ];
-const HONORIFICS: &[&str] = &["HNR_EN_1", "HNR_EN_2", "HNR_EN_3", "HNR_EN_4"];
-const CURRENCIES: &[&str] = &["USD", "EUR", "RUB", "KZT"];
-const FIRST: &[&str] = &["Erasmus", "Zoë", "Анна", "Дмитрий", "李", "José", "Ólafur", "Mia", "Ngozi", "O'Brien", "Søren", "Łucja"];
-const LAST: &[&str] = &["Golden of Ireland", "Müller", "Иванова", "Петров", "王", "García", "Þórsson", "Smith", "Okafor", "D'Angelo"];
-const WORDS: &[&str] = &[
+pub(super) const HONORIFICS: &[&str] = &["HNR_EN_1", "HNR_EN_2", "HNR_EN_3", "HNR_EN_4"];
+pub(super) const CURRENCIES: &[&str] = &["USD", "EUR", "RUB", "KZT"];
+pub(super) const FIRST: &[&str] = &["Erasmus", "Zoë", "Анна", "Дмитрий", "李", "José", "Ólafur", "Mia", "Ngozi", "O'Brien", "Søren", "Łucja"];
+pub(super) const LAST: &[&str] = &["Golden of Ireland", "Müller", "Иванова", "Петров", "王", "García", "Þórsson", "Smith", "Okafor", "D'Angelo"];
+pub(super) const WORDS: &[&str] = &[
     "Website order", "Заявка с сайта", "Call back 📞", "Price request", "Запрос КП", "展会线索", "Demo \"Pro\"",
     "Partner, referral", "Renewal; Q3", "Tab\tseparated", "Line\nbreak", "Ünïcödé ✓",
 ];
@@ -290,9 +318,9 @@ pub enum Truth {
 }
 
 /// Deterministic per-lead randomness (splitmix64).
-struct Rng(u64);
+pub(super) struct Rng(u64);
 impl Rng {
-    fn new(seed: u64, id: i64) -> Self {
+    pub(super) fn new(seed: u64, id: i64) -> Self {
         Rng(seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
     }
     fn next(&mut self) -> u64 {
@@ -302,13 +330,13 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(super) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+    pub(super) fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len() as u64) as usize]
     }
 }
@@ -356,8 +384,8 @@ pub fn generate_ids(n: usize, seed: u64, layout: IdLayout) -> Vec<i64> {
     ids
 }
 
-const T0: i64 = 1_546_300_800; // 2019-01-01T00:00:00Z
-const SPAN: i64 = 7 * 365 * 86_400; // leads are spread over seven years
+pub(super) const T0: i64 = 1_546_300_800; // 2019-01-01T00:00:00Z
+pub(super) const SPAN: i64 = 7 * 365 * 86_400; // leads are spread over seven years
 /// No generated DATE_MODIFY is later than this (creation within the span + 3 days, modification ≤ 90 days later).
 pub const LATEST_MODIFY: i64 = T0 + SPAN + 86_400 * 93;
 
@@ -660,7 +688,7 @@ pub fn render_value(def: &FieldDef, t: &Truth, lead_id: i64, enc: &Encoding) -> 
             )
         }
         (UfFile, Truth::Null) => return None, // stored 0: key absent
-        (UfFile, Truth::File { id: fid }) => json!({
+        (UfFile | File, Truth::File { id: fid }) => json!({
             "id": fid,
             "showUrl": format!("/bitrix/components/bitrix/crm.lead.show/show_file.php?ownerId={lead_id}&fieldName={}&dynamic=Y&fileId={fid}", def.name),
             "downloadUrl": format!("/bitrix/components/bitrix/crm.lead.show/show_file.php?auth=simauth{fid}token&ownerId={lead_id}&fieldName={}&dynamic=Y&fileId={fid}", def.name),
@@ -703,8 +731,13 @@ fn scalar(ft: FType, t: &Truth, enc: &Encoding, off: &FixedOffset) -> Value {
 
 /// The whole lead as `crm.lead.list` returns it with the given select applied (`keep(def)`).
 pub fn render_lead(truth: &[Truth], lead_id: i64, enc: &Encoding, keep: impl Fn(&FieldDef) -> bool) -> Map<String, Value> {
+    render_record(FIELDS, truth, lead_id, enc, keep)
+}
+
+/// A record of any entity as its legacy list method returns it (`fields` in the order of `truth`).
+pub fn render_record(fields: &[FieldDef], truth: &[Truth], lead_id: i64, enc: &Encoding, keep: impl Fn(&FieldDef) -> bool) -> Map<String, Value> {
     let mut m = Map::new();
-    for (def, t) in FIELDS.iter().zip(truth) {
+    for (def, t) in fields.iter().zip(truth) {
         if !def.listed || !keep(def) {
             continue;
         }
@@ -717,8 +750,13 @@ pub fn render_lead(truth: &[Truth], lead_id: i64, enc: &Encoding, keep: impl Fn(
 
 /// `crm.lead.fields` result object, with the key order of §3.
 pub fn fields_metadata() -> Value {
+    fields_metadata_of(FIELDS)
+}
+
+/// `crm.<entity>.fields` result object of the given fields.
+pub fn fields_metadata_of(fields: &[FieldDef]) -> Value {
     let mut m = Map::new();
-    for def in FIELDS {
+    for def in fields {
         let mut o = Map::new();
         o.insert("type".into(), json!(def.ftype.wire_name()));
         o.insert("isRequired".into(), json!(def.name == "TITLE"));
@@ -726,7 +764,7 @@ pub fn fields_metadata() -> Value {
         o.insert("isImmutable".into(), json!(false));
         o.insert("isMultiple".into(), json!(def.multiple));
         o.insert("isDynamic".into(), json!(is_user_field(def.name)));
-        if def.name == "CONTACT_ID" {
+        if def.name == "CONTACT_ID" || (def.name == "COMPANY_ID" && fields.iter().any(|f| f.name == "COMPANY_IDS")) {
             o.insert("isDeprecated".into(), json!(true));
         }
         if let CrmStatus(st) | UfCrmStatus(st) = def.ftype {
@@ -747,7 +785,7 @@ pub fn fields_metadata() -> Value {
             o.insert("settings".into(), json!({}));
         } else {
             o.insert("title".into(), json!(def.title));
-            if def.name == "COMPANY_ID" {
+            if def.name == "COMPANY_ID" && !fields.iter().any(|f| f.name == "COMPANY_IDS") {
                 o.insert("settings".into(), json!({"parentEntityTypeId": 4}));
             }
         }

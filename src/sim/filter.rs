@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use serde_json::{Map, Value};
 
-use super::data::{field, FType, FieldDef, Truth, FIELDS};
+use super::data::{FType, FieldDef, Truth};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -59,12 +59,12 @@ pub struct Cond {
 }
 
 /// Parses a filter object. Unknown fields are silently dropped, as the portal does.
-pub fn parse_filter(filter: &Map<String, Value>) -> Vec<Cond> {
+pub fn parse_filter(fields: &'static [FieldDef], filter: &Map<String, Value>) -> Vec<Cond> {
     let mut out = Vec::new();
     for (k, v) in filter {
         let (mut op, name) = split_key(k);
-        let Some(def) = field(name) else { continue };
-        let field_index = FIELDS.iter().position(|f| f.name == def.name).expect("known");
+        let Some(field_index) = fields.iter().position(|f| f.name == name) else { continue };
+        let def = &fields[field_index];
         if matches!(op, Op::Like | Op::LikeOwn) && matches!(def.ftype, FType::CrmStatus(_) | FType::CrmCompany | FType::CrmContact) {
             op = Op::Eq; // LIKE on crm_status/company/contact is rewritten to equality
         }
@@ -109,7 +109,7 @@ pub enum Key {
 
 fn is_numeric(ft: FType) -> bool {
     use FType::*;
-    matches!(ft, Integer | User | CrmCompany | CrmContact | Double | UfInteger | UfDouble | UfEmployee | UfEnumeration)
+    matches!(ft, Integer | User | CrmCompany | CrmContact | CrmLead | CrmQuote | CrmCategory | Double | UfInteger | UfDouble | UfEmployee | UfEnumeration)
 }
 
 pub fn truth_key(t: &Truth) -> Key {
@@ -277,11 +277,11 @@ pub fn id_bounds(conds: &[Cond]) -> (i64, i64) {
 }
 
 /// A parsed `order` object: (field index, ascending). Anything but `ASC` is `DESC`; unknown fields ignored.
-pub fn parse_order(order: &Map<String, Value>) -> Vec<(usize, bool)> {
+pub fn parse_order(fields: &[FieldDef], order: &Map<String, Value>) -> Vec<(usize, bool)> {
     order
         .iter()
         .filter_map(|(k, v)| {
-            let idx = FIELDS.iter().position(|f| f.name.eq_ignore_ascii_case(k))?;
+            let idx = fields.iter().position(|f| f.name.eq_ignore_ascii_case(k))?;
             let asc = v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("ASC"));
             Some((idx, asc))
         })
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_dropped_and_id_bounds_found() {
         let f = json!({">ID": 10, "<ID": "20", "NO_SUCH": 1});
-        let conds = parse_filter(f.as_object().unwrap());
+        let conds = parse_filter(super::super::data::FIELDS, f.as_object().unwrap());
         assert_eq!(conds.len(), 2);
         assert_eq!(id_bounds(&conds), (11, 19));
     }

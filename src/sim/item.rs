@@ -8,7 +8,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::data::{self, FType, FieldDef, Truth, FIELDS};
+use super::data::{self, FType, FieldDef, Truth};
+use super::entities;
+use crate::entity::Entity;
 use super::ApiErr;
 use axum::http::StatusCode;
 
@@ -76,18 +78,57 @@ fn upper_snake(camel: &str) -> String {
     out
 }
 
+/// Deals, contacts and companies: the names that do not follow the plain camelCase of the legacy name.
+const OTHER_NAMES: &[(&str, &str)] = &[
+    ("CREATED_BY_ID", "createdBy"),
+    ("MODIFY_BY_ID", "updatedBy"),
+    ("MOVED_BY_ID", "movedBy"),
+    ("DATE_CREATE", "createdTime"),
+    ("DATE_MODIFY", "updatedTime"),
+    ("COMPANY_TYPE", "typeId"),
+    ("BEGINDATE", "begindate"),
+    ("CLOSEDATE", "closedate"),
+];
+
+/// Legacy fields of deals, contacts and companies that the item API does not have under a documented name (the
+/// company's multiple CONTACT_ID, which crm.company.list does not return either).
+const NO_ITEM_FIELD: &[(Entity, &str)] = &[(Entity::Company, "CONTACT_ID")];
+
+fn lower_camel(upper: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in upper.split('_').enumerate() {
+        let lower = part.to_ascii_lowercase();
+        if i == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut cs = lower.chars();
+            if let Some(c) = cs.next() {
+                out.push(c.to_ascii_uppercase());
+                out.extend(cs);
+            }
+        }
+    }
+    out
+}
+
 /// The item name of a field, `None` when the item API does not have it.
-fn item_name(def: &FieldDef, original_uf: bool) -> Option<String> {
+fn item_name(entity: Entity, def: &FieldDef, original_uf: bool) -> Option<String> {
     if data::is_user_field(def.name) {
         return Some(if original_uf { def.name.to_string() } else { camel_uf(def.name) });
     }
-    NAMES.iter().find(|(l, _)| *l == def.name).map(|(_, c)| c.to_string())
+    if entity == Entity::Lead {
+        return NAMES.iter().find(|(l, _)| *l == def.name).map(|(_, c)| c.to_string());
+    }
+    if NO_ITEM_FIELD.contains(&(entity, def.name)) {
+        return None;
+    }
+    Some(OTHER_NAMES.iter().find(|(l, _)| *l == def.name).map(|(_, c)| c.to_string()).unwrap_or_else(|| lower_camel(def.name)))
 }
 
 /// A field named the item way (camelCase or its UPPER_CASE form; UF names in either spelling).
-fn field_of(name: &str) -> Option<&'static FieldDef> {
-    FIELDS.iter().filter(|d| d.ftype != FType::Multifield).find(|d| {
-        let Some(camel) = item_name(d, false) else { return false };
+fn field_of(entity: Entity, name: &str) -> Option<&'static FieldDef> {
+    entities::fields(entity).iter().filter(|d| d.ftype != FType::Multifield).find(|d| {
+        let Some(camel) = item_name(entity, d, false) else { return false };
         camel == name || upper_snake(&camel) == name || (data::is_user_field(d.name) && d.name == name)
     })
 }
@@ -100,12 +141,12 @@ fn wire_type(def: &FieldDef) -> &'static str {
     }
 }
 
-/// `crm.item.fields` for leads.
-pub fn fields(original_uf: bool) -> Value {
-    let legacy = data::fields_metadata();
+/// `crm.item.fields` of an entity.
+pub fn fields(entity: Entity, original_uf: bool) -> Value {
+    let legacy = data::fields_metadata_of(entities::fields(entity));
     let mut out = Map::new();
-    for def in FIELDS {
-        let Some(name) = item_name(def, original_uf) else { continue };
+    for def in entities::fields(entity) {
+        let Some(name) = item_name(entity, def, original_uf) else { continue };
         if def.ftype == FType::Multifield {
             continue;
         }
@@ -143,12 +184,17 @@ fn item_value(def: &FieldDef, legacy: Option<Value>) -> Value {
         match def.ftype {
             // companies and contacts: the generator's "0" (no company, as crm.lead.list lists it) is 0 here too
             FType::Integer | FType::User | FType::UfInteger | FType::UfEmployee | FType::UfEnumeration | FType::CrmCompany
-            | FType::CrmContact => as_int(v),
+            | FType::CrmContact | FType::CrmLead | FType::CrmQuote | FType::CrmCategory => as_int(v),
             FType::Double | FType::UfDouble => as_float(v),
             FType::UfBoolean => match v {
                 Value::Bool(b) => json!(if *b { "Y" } else { "N" }),
                 Value::String(s) if s == "1" => json!("Y"),
                 Value::String(s) if s == "0" => json!("N"),
+                other => other.clone(),
+            },
+            // a standard file field (PHOTO, LOGO) is just the file's ID in the item API
+            FType::File => match v {
+                Value::Object(o) => o.get("id").cloned().unwrap_or(Value::Null),
                 other => other.clone(),
             },
             FType::UfFile => match v {
@@ -172,11 +218,11 @@ fn item_value(def: &FieldDef, legacy: Option<Value>) -> Value {
     one(&v)
 }
 
-/// A lead the way `crm.item.list` returns it with `select ["*"]`.
-pub fn render(truth: &[Truth], id: i64, enc: &data::Encoding, original_uf: bool) -> Map<String, Value> {
+/// A record the way `crm.item.list` returns it with `select ["*"]`.
+pub fn render(entity: Entity, truth: &[Truth], id: i64, enc: &data::Encoding, original_uf: bool) -> Map<String, Value> {
     let mut m = Map::new();
     let mut fm = Vec::new();
-    for (def, t) in FIELDS.iter().zip(truth) {
+    for (def, t) in entities::fields(entity).iter().zip(truth) {
         if def.ftype == FType::Multifield {
             if let Truth::Multi(ms) = t {
                 for x in ms {
@@ -185,22 +231,24 @@ pub fn render(truth: &[Truth], id: i64, enc: &data::Encoding, original_uf: bool)
             }
             continue;
         }
-        let Some(name) = item_name(def, original_uf) else { continue };
+        let Some(name) = item_name(entity, def, original_uf) else { continue };
         let legacy = if def.listed { data::render_value(def, t, id, enc) } else { None };
         m.insert(name, item_value(def, legacy));
     }
-    m.insert("fm".into(), Value::Array(fm));
-    m.insert("entityTypeId".into(), json!(1));
+    if entity != Entity::Deal {
+        m.insert("fm".into(), Value::Array(fm));
+    }
+    m.insert("entityTypeId".into(), json!(entity.entity_type_id()));
     m
 }
 
 /// Translates an item filter or order to the legacy names the simulator's query engine knows.
-pub fn legacy_keys(params: &Map<String, Value>, what: &str) -> Result<Map<String, Value>, ApiErr> {
+pub fn legacy_keys(entity: Entity, params: &Map<String, Value>, what: &str) -> Result<Map<String, Value>, ApiErr> {
     let mut out = Map::new();
     for (k, v) in params {
         let (op, name) = super::filter::split_key(k);
         let prefix = &k[..k.len() - name.len()];
-        let def = field_of(name).ok_or_else(|| {
+        let def = field_of(entity, name).ok_or_else(|| {
             ApiErr(StatusCode::BAD_REQUEST, "INVALID_ARG_VALUE", format!("Invalid {what} field: `{name}`"))
         })?;
         let _ = op;
@@ -215,19 +263,23 @@ mod tests {
 
     #[test]
     fn names_map_both_ways() {
-        assert_eq!(field_of("stageId").unwrap().name, "STATUS_ID");
-        assert_eq!(field_of("STAGE_ID").unwrap().name, "STATUS_ID");
-        assert_eq!(field_of("updatedTime").unwrap().name, "DATE_MODIFY");
-        assert_eq!(field_of("ID").unwrap().name, "ID");
-        assert_eq!(field_of("ufCrm_1704817278").unwrap().name, "UF_CRM_1704817278");
-        assert_eq!(field_of("UF_CRM_1704817278").unwrap().name, "UF_CRM_1704817278");
-        assert!(field_of("ADDRESS_CITY").is_none() && field_of("nope").is_none());
+        assert_eq!(field_of(Entity::Lead, "stageId").unwrap().name, "STATUS_ID");
+        assert_eq!(field_of(Entity::Lead, "STAGE_ID").unwrap().name, "STATUS_ID");
+        assert_eq!(field_of(Entity::Lead, "updatedTime").unwrap().name, "DATE_MODIFY");
+        assert_eq!(field_of(Entity::Lead, "ID").unwrap().name, "ID");
+        assert_eq!(field_of(Entity::Lead, "ufCrm_1704817278").unwrap().name, "UF_CRM_1704817278");
+        assert_eq!(field_of(Entity::Lead, "UF_CRM_1704817278").unwrap().name, "UF_CRM_1704817278");
+        assert!(field_of(Entity::Lead, "ADDRESS_CITY").is_none() && field_of(Entity::Lead, "nope").is_none());
         let mut f = Map::new();
         f.insert(">=updatedTime".into(), json!("2024-01-01"));
         f.insert("!stageId".into(), json!("JUNK"));
-        let l = legacy_keys(&f, "filter").unwrap();
+        let l = legacy_keys(Entity::Lead, &f, "filter").unwrap();
         assert!(l.contains_key(">=DATE_MODIFY") && l.contains_key("!STATUS_ID"));
         f.insert("bogus".into(), json!(1));
-        assert_eq!(legacy_keys(&f, "filter").unwrap_err().1, "INVALID_ARG_VALUE");
+        assert_eq!(legacy_keys(Entity::Lead, &f, "filter").unwrap_err().1, "INVALID_ARG_VALUE");
+        assert_eq!(field_of(Entity::Deal, "stageId").unwrap().name, "STAGE_ID");
+        assert_eq!(field_of(Entity::Deal, "createdBy").unwrap().name, "CREATED_BY_ID");
+        assert_eq!(field_of(Entity::Company, "typeId").unwrap().name, "COMPANY_TYPE");
+        assert_eq!(lower_camel("IS_REPEATED_APPROACH"), "isRepeatedApproach");
     }
 }

@@ -4,6 +4,7 @@
 //! Routes: `/rest/{user}/{code}/{method}[.json]`. Every response carries a `time` object.
 
 pub mod data;
+pub mod entities;
 pub mod filter;
 pub mod item;
 pub mod params;
@@ -20,13 +21,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-use data::{Encoding, FieldDef, IdLayout, Truth, FIELDS};
+use crate::entity::Entity;
+use data::{Encoding, FieldDef, IdLayout, Truth};
 use filter::{Cond, Key};
 
 /// Options of a simulated portal.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub leads: usize,
+    /// Deals, contacts and companies (`crm.deal.list`, …, `crm.item.list` entityTypeId 2–4).
+    pub deals: usize,
+    pub contacts: usize,
+    pub companies: usize,
     pub seed: u64,
     pub user_id: u32,
     pub webhook_code: String,
@@ -133,6 +139,9 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             leads: 1000,
+            deals: 600,
+            contacts: 400,
+            companies: 120,
             seed: 42,
             user_id: 1,
             webhook_code: "simwebhook0code".into(),
@@ -173,8 +182,10 @@ pub struct SimStats {
     pub token_refreshes: AtomicU64,
 }
 
-/// The portal's leads: the live IDs (ascending) and what changed since the start.
+/// The portal's records of one entity: the live IDs (ascending) and what changed since the start.
 struct Store {
+    entity: Entity,
+    sizes: entities::Sizes,
     live: Vec<i64>,
     /// The IDs at start: a lead's position among them spreads creation dates (new leads go last).
     original: Vec<i64>,
@@ -191,12 +202,13 @@ impl Store {
     fn truth(&self, seed: u64, id: i64) -> Vec<Truth> {
         let n = self.original.len();
         let pos = self.original.binary_search(&id).unwrap_or(n);
-        let mut t = data::lead_truth(seed, id, pos, n.max(1));
+        let mut t = entities::truth(self.entity, seed, id, pos, n.max(1), self.sizes);
+        let fields = entities::fields(self.entity);
         if let Some(v) = self.versions.get(&id) {
-            apply_version(&mut t, *v);
+            apply_version(fields, &mut t, *v);
         }
         if let Some(m) = self.modified.get(&id) {
-            for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
+            for (def, val) in fields.iter().zip(t.iter_mut()) {
                 if def.name == "DATE_MODIFY" {
                     *val = Truth::DateTime(*m);
                 }
@@ -226,10 +238,11 @@ impl Store {
     }
 }
 
-fn apply_version(t: &mut [Truth], v: u32) {
-    for (def, val) in FIELDS.iter().zip(t.iter_mut()) {
+fn apply_version(fields: &[FieldDef], t: &mut [Truth], v: u32) {
+    for (def, val) in fields.iter().zip(t.iter_mut()) {
         match (def.name, val) {
             ("TITLE", Truth::Str(s)) => *s = format!("{s} (v{v})"),
+            ("LAST_NAME", Truth::Str(s)) if !fields.iter().any(|f| f.name == "TITLE") => *s = format!("{s} (v{v})"),
             // every other edit moves the lead to another stage (and, partitioned by status_id, another folder)
             ("STATUS_ID", Truth::Str(s)) if v % 2 == 1 => *s = if s == "IN_PROCESS" { "NEW".into() } else { "IN_PROCESS".into() },
             ("DATE_MODIFY", Truth::DateTime(secs)) => *secs += 60 * v as i64,
@@ -249,10 +262,17 @@ struct Bucket {
     at: Instant,
 }
 
+/// One store per entity, in [`Entity::ALL`] order.
+type Stores = Arc<Vec<RwLock<Store>>>;
+
+fn store_of(stores: &Stores, entity: Entity) -> &RwLock<Store> {
+    &stores[Entity::ALL.iter().position(|e| *e == entity).expect("every entity has a store")]
+}
+
 struct State {
     cfg: SimConfig,
     enc: Encoding,
-    store: Arc<RwLock<Store>>,
+    stores: Stores,
     bucket: Mutex<Bucket>,
     operating: Mutex<Operating>,
     commands: AtomicU64,
@@ -264,7 +284,7 @@ struct State {
 pub struct SimPortal {
     addr: SocketAddr,
     cfg: SimConfig,
-    store: Arc<RwLock<Store>>,
+    stores: Stores,
     oauth_state: Arc<Mutex<Option<OAuthState>>>,
     stats: Arc<SimStats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -282,16 +302,33 @@ impl SimPortal {
                 *host = format!("{host}:{}", addr.port()); // the new domain, on the same server
             }
         }
-        let ids = data::generate_ids(cfg.leads, cfg.seed, cfg.id_layout);
-        let next_id = ids.last().copied().unwrap_or(0) + 1;
-        let store = Arc::new(RwLock::new(Store {
-            live: ids.clone(),
-            original: ids,
-            versions: HashMap::new(),
-            modified: HashMap::new(),
-            clock: data::LATEST_MODIFY + 3600,
-            next_id,
-        }));
+        let sizes = entities::Sizes { contacts: cfg.contacts, companies: cfg.companies, leads: cfg.leads };
+        let stores: Stores = Arc::new(
+            Entity::ALL
+                .into_iter()
+                .map(|entity| {
+                    let (n, seed) = match entity {
+                        Entity::Lead => (cfg.leads, cfg.seed),
+                        Entity::Deal => (cfg.deals, cfg.seed ^ 0x2),
+                        Entity::Contact => (cfg.contacts, cfg.seed ^ 0x3),
+                        Entity::Company => (cfg.companies, cfg.seed ^ 0x4),
+                    };
+                    let layout = if entity == Entity::Lead { cfg.id_layout } else { IdLayout::Realistic };
+                    let ids = data::generate_ids(n, seed, layout);
+                    let next_id = ids.last().copied().unwrap_or(0) + 1;
+                    RwLock::new(Store {
+                        entity,
+                        sizes,
+                        live: ids.clone(),
+                        original: ids,
+                        versions: HashMap::new(),
+                        modified: HashMap::new(),
+                        clock: data::LATEST_MODIFY + 3600,
+                        next_id,
+                    })
+                })
+                .collect(),
+        );
         let stats = Arc::new(SimStats::default());
         let oauth_state = Arc::new(Mutex::new(cfg.oauth.as_ref().map(|o| OAuthState {
             access: o.access_token.clone(),
@@ -302,7 +339,7 @@ impl SimPortal {
         let state = Arc::new(State {
             enc: Encoding { offset_secs: cfg.offset_secs, bool_uf_json: cfg.bool_uf_json },
             cfg: cfg.clone(),
-            store: store.clone(),
+            stores: stores.clone(),
             bucket: Mutex::new(Bucket { level: 0.0, at: Instant::now() }),
             operating: Mutex::new(Operating::default()),
             commands: AtomicU64::new(0),
@@ -329,7 +366,7 @@ impl SimPortal {
                     .await;
             });
         })?;
-        Ok(SimPortal { addr, cfg, store, oauth_state, stats, shutdown: Some(tx), thread: Some(thread) })
+        Ok(SimPortal { addr, cfg, stores, oauth_state, stats, shutdown: Some(tx), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -356,37 +393,62 @@ impl SimPortal {
 
     /// The IDs of the leads the portal has now, ascending.
     pub fn ids(&self) -> Vec<i64> {
-        self.store.read().expect("store").live.clone()
+        self.ids_of(Entity::Lead)
+    }
+
+    /// The IDs of an entity's records the portal has now, ascending.
+    pub fn ids_of(&self, entity: Entity) -> Vec<i64> {
+        store_of(&self.stores, entity).read().expect("store").live.clone()
     }
 
     /// The IDs the portal had when it started.
     pub fn initial_ids(&self) -> Vec<i64> {
-        self.store.read().expect("store").original.clone()
+        store_of(&self.stores, Entity::Lead).read().expect("store").original.clone()
     }
 
     /// Changes between runs, as users make them: a new lead (created and modified "now"), an edit of an existing
     /// lead (a new TITLE, DATE_MODIFY "now"), a deletion. The portal's clock moves forward with every change.
     pub fn insert_lead(&self) -> i64 {
-        self.store.write().expect("store").insert(fastrand::i64(0..5))
+        self.insert(Entity::Lead)
     }
 
     pub fn update_lead(&self, id: i64) {
-        self.store.write().expect("store").update(id);
+        self.update(Entity::Lead, id);
     }
 
     pub fn delete_lead(&self, id: i64) {
-        let mut st = self.store.write().expect("store");
-        st.live.retain(|&x| x != id);
+        self.delete(Entity::Lead, id);
+    }
+
+    /// The same changes for any entity.
+    pub fn insert(&self, entity: Entity) -> i64 {
+        store_of(&self.stores, entity).write().expect("store").insert(fastrand::i64(0..5))
+    }
+
+    pub fn update(&self, entity: Entity, id: i64) {
+        store_of(&self.stores, entity).write().expect("store").update(id);
+    }
+
+    pub fn delete(&self, entity: Entity, id: i64) {
+        store_of(&self.stores, entity).write().expect("store").live.retain(|&x| x != id);
     }
 
     /// Moves the portal's clock forward (time passing between two scheduled runs).
     pub fn advance_clock(&self, secs: i64) {
-        self.store.write().expect("store").clock += secs;
+        for s in self.stores.iter() {
+            s.write().expect("store").clock += secs;
+        }
     }
 
     /// The typed ground truth of the lead at `position` in [`SimPortal::ids`], in [`data::FIELDS`] order.
     pub fn truth_at(&self, position: usize) -> Vec<Truth> {
-        let store = self.store.read().expect("store");
+        self.truth_of(Entity::Lead, position)
+    }
+
+    /// The typed ground truth of an entity's record at `position` in [`SimPortal::ids_of`], in
+    /// [`entities::fields`] order.
+    pub fn truth_of(&self, entity: Entity, position: usize) -> Vec<Truth> {
+        let store = store_of(&self.stores, entity).read().expect("store");
         store.truth(self.cfg.seed, store.live[position])
     }
 
@@ -478,7 +540,7 @@ impl State {
 
     /// Leads changing mid-run: delete one, insert one, update one.
     fn mutate(&self, call_no: u64) {
-        let mut st = self.store.write().expect("store");
+        let mut st = store_of(&self.stores, Entity::Lead).write().expect("store");
         if st.live.len() > 2 {
             let victim = (call_no as usize * 7919) % st.live.len();
             st.live.remove(victim);
@@ -695,37 +757,39 @@ fn call(
         state.check_operating(method)?;
     }
     match method {
-        "crm.lead.fields" => {
+        "crm.lead.fields" | "crm.deal.fields" | "crm.contact.fields" | "crm.company.fields" => {
+            let entity = legacy_entity(method);
             let mut m = Map::new();
-            m.insert("result".into(), data::fields_metadata());
+            m.insert("result".into(), data::fields_metadata_of(entities::fields(entity)));
             Ok(m)
         }
         "crm.item.fields" => {
-            entity_type(params)?;
+            let entity = entity_type(params)?;
             let original = php_bool(params::param(params, "useOriginalUfNames"));
             let mut m = Map::new();
-            m.insert("result".into(), item::fields(original));
+            m.insert("result".into(), item::fields(entity, original));
             Ok(m)
         }
-        "crm.lead.list" | "crm.item.list" => {
+        "crm.category.list" => category_list(params),
+        "crm.lead.list" | "crm.deal.list" | "crm.contact.list" | "crm.company.list" | "crm.item.list" => {
             let calls = state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed) + 1;
             if state.cfg.mutate_every.is_some_and(|n| calls % n.max(1) == 0) {
                 state.mutate(calls);
             }
             let mut counted = 0u64;
             let r = if method == "crm.item.list" {
-                entity_type(params)?;
+                let entity = entity_type(params)?;
                 let original = php_bool(params::param(params, "useOriginalUfNames"));
                 let mut legacy = Map::new();
                 let filter = params::normalize(Value::Object(array_param(params, "filter")?)).as_object().cloned().unwrap_or_default();
-                legacy.insert("filter".into(), Value::Object(item::legacy_keys(&filter, "filter")?));
-                legacy.insert("order".into(), Value::Object(item::legacy_keys(&array_param(params, "order")?, "order")?));
+                legacy.insert("filter".into(), Value::Object(item::legacy_keys(entity, &filter, "filter")?));
+                legacy.insert("order".into(), Value::Object(item::legacy_keys(entity, &array_param(params, "order")?, "order")?));
                 if let Some(start) = params.get("start") {
                     legacy.insert("start".into(), start.clone());
                 }
-                lead_list(state, &legacy, &mut counted, Some(original))
+                entity_list(state, entity, &legacy, &mut counted, Some(original))
             } else {
-                lead_list(state, params, &mut counted, None)
+                entity_list(state, legacy_entity(method), params, &mut counted, None)
             };
             // a counted page (start >= 0) also pays for COUNT(*) over the matches
             let this = state.cfg.list_cost + state.cfg.count_cost_per_row * counted as u32;
@@ -779,10 +843,10 @@ fn int_param(v: Option<&Value>) -> i64 {
 }
 
 /// Which fields a select list returns (§2 select masks).
-fn select_filter(select: &[String]) -> impl Fn(&FieldDef) -> bool + '_ {
+fn select_filter<'a>(fields: &'a [FieldDef], select: &'a [String]) -> impl Fn(&FieldDef) -> bool + 'a {
     let star = select.is_empty() || select.iter().any(|s| s == "*");
     let uf = select.iter().any(|s| s == "UF_*");
-    let any_multi = select.iter().any(|s| FIELDS.iter().any(|f| f.name == s && f.ftype == data::FType::Multifield));
+    let any_multi = select.iter().any(|s| fields.iter().any(|f| f.name == s && f.ftype == data::FType::Multifield));
     move |def: &FieldDef| {
         if def.ftype == data::FType::Multifield {
             return select.iter().any(|s| s == def.name); // only when named explicitly, case-sensitive
@@ -797,17 +861,48 @@ fn select_filter(select: &[String]) -> impl Fn(&FieldDef) -> bool + '_ {
     }
 }
 
-/// `crm.item.*` serve leads only (entityTypeId 1).
-fn entity_type(params: &Map<String, Value>) -> Result<i64, ApiErr> {
+/// `crm.item.*` serve leads, deals, contacts and companies (entityTypeId 1–4).
+fn entity_type(params: &Map<String, Value>) -> Result<Entity, ApiErr> {
     match int_param(params::param(params, "entityTypeId")) {
-        1 => Ok(1),
         0 => Err(ApiErr(StatusCode::BAD_REQUEST, "INVALID_ARG_VALUE", "entityTypeId is required".into())),
-        _ => Err(ApiErr(StatusCode::BAD_REQUEST, "NOT_FOUND", "SPA not found".into())),
+        n => Entity::ALL
+            .into_iter()
+            .find(|e| e.entity_type_id() == n)
+            .ok_or_else(|| ApiErr(StatusCode::BAD_REQUEST, "NOT_FOUND", "SPA not found".into())),
     }
 }
 
-/// `crm.lead.list`, or `crm.item.list` (`item` = Some(useOriginalUfNames)) given legacy names.
-fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, item: Option<bool>) -> Result<Map<String, Value>, ApiErr> {
+/// The entity of a legacy method (`crm.deal.list` → deal).
+fn legacy_entity(method: &str) -> Entity {
+    match method.split('.').nth(1) {
+        Some("deal") => Entity::Deal,
+        Some("contact") => Entity::Contact,
+        Some("company") => Entity::Company,
+        _ => Entity::Lead,
+    }
+}
+
+/// `crm.category.list` (entityTypeId 2: the deal funnels).
+fn category_list(params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr> {
+    let entity = entity_type(params)?;
+    let cats: Vec<Value> = if entity == Entity::Deal {
+        entities::DEAL_CATEGORIES
+            .iter()
+            .map(|(id, name, sort)| json!({"id": id, "name": name, "sort": sort, "entityTypeId": 2, "isDefault": if *id == 0 { "Y" } else { "N" }}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut m = Map::new();
+    m.insert("total".into(), json!(cats.len()));
+    m.insert("result".into(), json!({ "categories": cats }));
+    Ok(m)
+}
+
+/// A legacy list method (`crm.lead.list`, `crm.deal.list`, …), or `crm.item.list` (`item` =
+/// Some(useOriginalUfNames)) given legacy names.
+fn entity_list(state: &State, entity: Entity, params: &Map<String, Value>, count_rows: &mut u64, item: Option<bool>) -> Result<Map<String, Value>, ApiErr> {
+    let fields = entities::fields(entity);
     let order = array_param(params, "order")?;
     let filter = array_param(params, "filter")?;
     let select: Vec<String> = match params::param(params, "select").cloned().map(params::normalize) {
@@ -816,16 +911,16 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, i
         _ => Vec::new(),
     };
     let start = int_param(params.get("start"));
-    let conds: Vec<Cond> = filter::parse_filter(&params::normalize(Value::Object(filter)).as_object().cloned().unwrap_or_default());
-    let order = filter::parse_order(&order);
+    let conds: Vec<Cond> = filter::parse_filter(fields, &params::normalize(Value::Object(filter)).as_object().cloned().unwrap_or_default());
+    let order = filter::parse_order(fields, &order);
     let (lo, hi) = filter::id_bounds(&conds);
-    let store = state.store.read().expect("store");
+    let store = store_of(&state.stores, entity).read().expect("store");
     let ids = &store.live;
     let from = ids.partition_point(|&id| id < lo);
     let to = ids.partition_point(|&id| id <= hi);
     let truth = |pos: usize| store.truth(state.cfg.seed, ids[pos]);
     let ok = |t: &[Truth]| conds.iter().all(|c| filter::matches(c, t, state.enc.offset_secs));
-    let by_id_only = order.iter().all(|(i, _)| FIELDS[*i].name == "ID");
+    let by_id_only = order.iter().all(|(i, _)| fields[*i].name == "ID");
     let ascending = order.first().map(|(_, asc)| *asc).unwrap_or(true);
     const PAGE: usize = 50;
 
@@ -850,7 +945,7 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, i
         // which `count_cost_per_row` models).
         let id_bounds_only = by_id_only
             && conds.iter().all(|c| c.def.name == "ID" && matches!(c.op, filter::Op::Gt | filter::Op::Ge | filter::Op::Lt | filter::Op::Le))
-            && !state.cfg.bad_values;
+            && !(state.cfg.bad_values && entity == Entity::Lead);
         let mut all: Vec<(usize, Vec<Truth>)> = if id_bounds_only {
             positions.map(|p| (p, Vec::new())).collect()
         } else {
@@ -859,8 +954,8 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, i
         if !by_id_only {
             all.sort_by(|a, b| {
                 for (idx, asc) in &order {
-                    let ka = sort_key(*idx, &a.1[*idx]);
-                    let kb = sort_key(*idx, &b.1[*idx]);
+                    let ka = sort_key(&fields[*idx], &a.1[*idx]);
+                    let kb = sort_key(&fields[*idx], &b.1[*idx]);
                     let o = ka.partial_cmp(&kb).unwrap_or(std::cmp::Ordering::Equal);
                     let o = if *asc { o } else { o.reverse() };
                     if o != std::cmp::Ordering::Equal {
@@ -886,7 +981,7 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, i
             let mut m = Map::new();
             let page_no = off / PAGE + 1;
             let page_count = total.div_ceil(PAGE);
-            m.insert("result".into(), render_for(state, ids, &rows, &select, item));
+            m.insert("result".into(), render_for(state, entity, ids, &rows, &select, item));
             if page_no < page_count {
                 m.insert("next".into(), json!(page_no * PAGE));
             }
@@ -895,23 +990,24 @@ fn lead_list(state: &State, params: &Map<String, Value>, count_rows: &mut u64, i
         }
     }
     let mut m = Map::new();
-    m.insert("result".into(), render_for(state, ids, &rows, &select, item));
+    m.insert("result".into(), render_for(state, entity, ids, &rows, &select, item));
     m.insert("total".into(), json!(0));
     Ok(m)
 }
 
-fn render_for(state: &State, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String], item: Option<bool>) -> Value {
+fn render_for(state: &State, entity: Entity, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String], item: Option<bool>) -> Value {
     match item {
-        None => render_rows(state, ids, rows, select),
+        None => render_rows(state, entity, ids, rows, select),
         Some(original) => {
-            let items: Vec<Value> = rows.iter().map(|(pos, t)| Value::Object(item::render(t, ids[*pos], &state.enc, original))).collect();
+            let items: Vec<Value> =
+                rows.iter().map(|(pos, t)| Value::Object(item::render(entity, t, ids[*pos], &state.enc, original))).collect();
             json!({ "items": items })
         }
     }
 }
 
-fn sort_key(idx: usize, t: &Truth) -> Key {
-    if FIELDS[idx].name == "STATUS_ID" {
+fn sort_key(def: &FieldDef, t: &Truth) -> Key {
+    if def.name == "STATUS_ID" {
         if let Truth::Str(s) = t {
             return Key::Num(filter::status_sort(s) as f64);
         }
@@ -919,13 +1015,14 @@ fn sort_key(idx: usize, t: &Truth) -> Key {
     filter::truth_key(t)
 }
 
-fn render_rows(state: &State, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String]) -> Value {
-    let keep = select_filter(select);
+fn render_rows(state: &State, entity: Entity, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String]) -> Value {
+    let fields = entities::fields(entity);
+    let keep = select_filter(fields, select);
     Value::Array(
         rows.iter()
             .map(|(pos, t)| {
-                let mut m = data::render_lead(t, ids[*pos], &state.enc, &keep);
-                if state.cfg.bad_values {
+                let mut m = data::render_record(fields, t, ids[*pos], &state.enc, &keep);
+                if state.cfg.bad_values && entity == Entity::Lead {
                     if let Some((field, raw)) = bad_value_at(*pos) {
                         if m.contains_key(field) || data::field(field).is_some_and(&keep) {
                             m.insert(field.to_string(), raw);
@@ -945,10 +1042,12 @@ fn status_list(params: &Map<String, Value>) -> Result<Map<String, Value>, ApiErr
     let rows: Vec<Value> = data::status_dictionary()
         .into_iter()
         .enumerate()
-        .filter(|(_, (e, ..))| entity.is_none_or(|want| want == *e))
+        .filter(|(_, (e, ..))| entity.is_none_or(|want| want == e))
         .map(|(i, (e, id, name, sort, sem))| {
+            // a funnel's stages carry its ID; the default funnel's (`DEAL_STAGE`) a null one, as in the docs' sample
+            let category = e.strip_prefix("DEAL_STAGE_").map(|c| Value::String(c.to_string())).unwrap_or(Value::Null);
             json!({"ID": (100 + i).to_string(), "ENTITY_ID": e, "STATUS_ID": id, "NAME": name, "NAME_INIT": name,
-                   "SORT": sort.to_string(), "SYSTEM": "Y", "CATEGORY_ID": null, "COLOR": "#39A8EF", "SEMANTICS": sem,
+                   "SORT": sort.to_string(), "SYSTEM": "Y", "CATEGORY_ID": category, "COLOR": "#39A8EF", "SEMANTICS": sem,
                    "EXTRA": {"SEMANTICS": match sem { Some("S") => "success", Some("F") => "failure", _ => "process" }, "COLOR": "#39A8EF"}})
         })
         .collect();

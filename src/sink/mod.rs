@@ -366,7 +366,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("b24-sink-{}-{}", std::process::id(), fastrand::u32(..)));
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("status_id", DataType::Utf8, true)]));
         let spool = root.join("spool");
-        let mut cfg = SinkConfig::new(spool.clone(), "run1".into(), PartitionSpec::Status);
+        let mut cfg = SinkConfig::new(spool.clone(), "run1".into(), PartitionSpec::Code("status_id"));
         cfg.memory_budget = 1; // every batch spills
         cfg.max_open_files = 1; // and writers are evicted all the time
         cfg.row_group_rows = 7;

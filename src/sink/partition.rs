@@ -19,14 +19,15 @@ pub enum Grain {
     Day,
 }
 
-/// `--partition-by none|date_create:year|date_create:month|date_create:day|status_id`.
+/// `--partition-by none|date_create:year|date_create:month|date_create:day|status_id|stage_id|type_id|source_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionSpec {
     None,
     /// Derived from DATE_CREATE in UTC; the derived column (`date_create_month`) lives only in the path.
     DateCreate(Grain),
-    /// STATUS_ID; the column moves from the files into the path.
-    Status,
+    /// A code column (`status_id` of leads, `stage_id` of deals, `type_id`, `source_id`); the column moves from the
+    /// files into the path.
+    Code(&'static str),
 }
 
 impl Default for PartitionSpec {
@@ -35,7 +36,10 @@ impl Default for PartitionSpec {
     }
 }
 
-pub const PARTITION_CHOICES: &str = "none, date_create:year, date_create:month, date_create:day, status_id";
+pub const PARTITION_CHOICES: &str = "none, date_create:year, date_create:month, date_create:day, status_id, stage_id, type_id, source_id";
+
+/// The code columns a dataset can be partitioned by, as (column, portal field).
+const CODES: &[(&str, &str)] = &[("status_id", "STATUS_ID"), ("stage_id", "STAGE_ID"), ("type_id", "TYPE_ID"), ("source_id", "SOURCE_ID")];
 
 impl FromStr for PartitionSpec {
     type Err = Error;
@@ -45,7 +49,9 @@ impl FromStr for PartitionSpec {
             "date_create:year" => PartitionSpec::DateCreate(Grain::Year),
             "date_create:month" | "date_create" => PartitionSpec::DateCreate(Grain::Month),
             "date_create:day" => PartitionSpec::DateCreate(Grain::Day),
-            "status_id" => PartitionSpec::Status,
+            other if CODES.iter().any(|(c, _)| *c == other) => {
+                PartitionSpec::Code(CODES.iter().find(|(c, _)| *c == other).expect("listed").0)
+            }
             other => {
                 return Err(Error::Usage(format!("unknown --partition-by {other:?}; choose one of: {PARTITION_CHOICES}")))
             }
@@ -61,7 +67,7 @@ impl PartitionSpec {
             PartitionSpec::DateCreate(Grain::Year) => "date_create:year",
             PartitionSpec::DateCreate(Grain::Month) => "date_create:month",
             PartitionSpec::DateCreate(Grain::Day) => "date_create:day",
-            PartitionSpec::Status => "status_id",
+            PartitionSpec::Code(c) => c,
         }
     }
 
@@ -70,7 +76,7 @@ impl PartitionSpec {
         match self {
             PartitionSpec::None => None,
             PartitionSpec::DateCreate(_) => Some("DATE_CREATE"),
-            PartitionSpec::Status => Some("STATUS_ID"),
+            PartitionSpec::Code(c) => CODES.iter().find(|(col, _)| col == c).map(|(_, f)| *f),
         }
     }
 
@@ -81,14 +87,14 @@ impl PartitionSpec {
             PartitionSpec::DateCreate(Grain::Year) => Some("date_create_year"),
             PartitionSpec::DateCreate(Grain::Month) => Some("date_create_month"),
             PartitionSpec::DateCreate(Grain::Day) => Some("date_create_day"),
-            PartitionSpec::Status => Some("status_id"),
+            PartitionSpec::Code(c) => Some(c),
         }
     }
 
     /// A column that moves from the files into the path (never repeated inside files).
     pub fn moved_column(&self) -> Option<&'static str> {
         match self {
-            PartitionSpec::Status => Some("status_id"),
+            PartitionSpec::Code(c) => Some(c),
             _ => None,
         }
     }
@@ -119,8 +125,8 @@ impl PartitionSpec {
                     out.push(format!("{key}={v}"));
                 }
             }
-            PartitionSpec::Status => {
-                let s = col.as_string_opt::<i32>().ok_or_else(|| Error::Internal("status_id is not text".into()))?;
+            PartitionSpec::Code(c) => {
+                let s = col.as_string_opt::<i32>().ok_or_else(|| Error::Internal(format!("{c} is not text")))?;
                 for i in 0..s.len() {
                     let v = if s.is_null(i) || s.value(i).is_empty() { HIVE_NULL.to_string() } else { escape_value(s.value(i)) };
                     out.push(format!("{key}={v}"));
@@ -157,6 +163,8 @@ mod tests {
     fn parse_and_escape() {
         assert_eq!("date_create:month".parse::<PartitionSpec>().unwrap(), PartitionSpec::DateCreate(Grain::Month));
         assert!(matches!("title".parse::<PartitionSpec>(), Err(Error::Usage(_))));
+        let stage: PartitionSpec = "Stage_ID".parse().unwrap();
+        assert_eq!((stage.name(), stage.source_field(), stage.moved_column()), ("stage_id", Some("STAGE_ID"), Some("stage_id")));
         assert_eq!(escape_value("C2:NEW/x y%"), "C2%3ANEW%2Fx%20y%25");
         assert_eq!(escape_value("Новый"), "%D0%9D%D0%BE%D0%B2%D1%8B%D0%B9");
         assert_eq!(escape_value(".."), "%2E%2E");

@@ -92,16 +92,19 @@ pub fn promised_duckdb_type(def: &FieldDef) -> String {
     use data::FType::*;
     let money = "STRUCT(amount DECIMAL(18,2), currency VARCHAR)".to_string();
     let scalar = match def.ftype {
-        _ if def.name == "OPPORTUNITY" => "DECIMAL(18,2)".to_string(),
-        Integer | User | CrmCompany | CrmContact | UfInteger | UfEmployee | UfEnumeration => "BIGINT".into(),
+        // money columns are exact decimals
+        _ if matches!(def.name, "OPPORTUNITY" | "TAX_VALUE" | "REVENUE") => "DECIMAL(18,2)".to_string(),
+        Integer | User | CrmCompany | CrmContact | CrmLead | CrmQuote | CrmCategory | UfInteger | UfEmployee | UfEnumeration => {
+            "BIGINT".into()
+        }
         Double | UfDouble => "DOUBLE".into(),
         Char | UfBoolean => "BOOLEAN".into(),
         DateTime | UfDateTime => "TIMESTAMP WITH TIME ZONE".into(),
         Date | UfDate => "DATE".into(),
         Multifield => return r#"STRUCT(id BIGINT, value_type VARCHAR, "value" VARCHAR, type_id VARCHAR)[]"#.into(),
         UfMoney => money,
-        UfFile => "STRUCT(id BIGINT, show_url VARCHAR)".into(),
-        Str | CrmStatus(_) | CrmCurrency | UfString | UfUrl | UfAddress | UfCrm | UfCrmStatus(_) | UfIblockElement
+        UfFile | File => "STRUCT(id BIGINT, show_url VARCHAR)".into(),
+        Str | CrmStatus(_) | CrmCurrency | Location | UfString | UfUrl | UfAddress | UfCrm | UfCrmStatus(_) | UfIblockElement
         | UfIblockSection | UfCustom => "VARCHAR".into(),
     };
     if def.multiple { format!("{scalar}[]") } else { scalar }
@@ -135,8 +138,13 @@ pub fn expected(def: &FieldDef, t: &Truth) -> Value {
 
 /// Compares one exported row with the simulator's truth for that lead; returns the mismatches.
 pub fn compare_row(row: &serde_json::Map<String, Value>, truth: &[Truth], skip: &[&str]) -> Vec<String> {
+    compare_record(FIELDS, row, truth, skip)
+}
+
+/// Compares one exported row with the simulator's truth of a record with the given fields.
+pub fn compare_record(fields: &[FieldDef], row: &serde_json::Map<String, Value>, truth: &[Truth], skip: &[&str]) -> Vec<String> {
     let mut bad = Vec::new();
-    for (def, t) in FIELDS.iter().zip(truth) {
+    for (def, t) in fields.iter().zip(truth) {
         let col = def.name.to_ascii_lowercase();
         if skip.contains(&col.as_str()) {
             continue;
@@ -148,7 +156,7 @@ pub fn compare_row(row: &serde_json::Map<String, Value>, truth: &[Truth], skip: 
         let want = if def.listed { expected(def, t) } else { json!([]) };
         let ok = match (&want, got) {
             (Value::Number(a), Value::Number(b)) => (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9,
-            (Value::Object(w), Value::Object(g)) if def.ftype == data::FType::UfFile => {
+            (Value::Object(w), Value::Object(g)) if matches!(def.ftype, data::FType::UfFile | data::FType::File) => {
                 let url = g.get("show_url").and_then(Value::as_str).unwrap_or("");
                 w["id"] == g["id"] && url.contains(&format!("fileId={}", w["id"])) && !url.contains("auth=")
             }
