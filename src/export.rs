@@ -682,7 +682,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         // the watermark, and how a changed lead is told from one fetched again
         required.push(("DATE_MODIFY", "--incremental"));
     }
-    let (cols, arrow_schema, fingerprint) = columns_for(opts.entity, &meta, opts.select.as_deref(), &required, "the portal")?;
+    let (cols, arrow_schema, fingerprint) = columns_for(opts.entity, &meta, opts.select.as_deref(), &required, opts.entity.fields_method())?;
     let fresh = Checkpoint::fresh(opts.select.clone(), &opts.filter, &opts.partition, fingerprint, base.is_some());
     // incremental: the snapshot it merges into must have been asked for the same way
     let base = match (base, &opts.incremental) {

@@ -110,6 +110,20 @@ fn every_entity_exports_exactly_and_joins_its_dictionaries() {
     for (what, row) in ["deals with their company", "leads with their contact", "companies with their industry"].iter().zip(&r) {
         assert!(row["n"].as_u64().unwrap() > 100, "{what}: {r:?}");
     }
+    // the README's join of leads with statuses, users and contacts, as printed there
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("-- leads with their stage, responsible person and contact").expect("the README's join example");
+    let sql = &readme[start..];
+    let sql = &sql[..sql.find(';').unwrap()];
+    let r = query(&sql.replace("OUT/", &format!("{}/", out.display())));
+    assert_eq!(r.len(), 10, "{r:?}");
+    assert!(r.iter().all(|x| x["stage"].is_string() && x["responsible"].is_string()), "{r:?}");
+    assert!(r.iter().filter(|x| x["contact"].is_string()).count() >= 3, "leads should find their contacts: {r:?}");
+    // auto: deals through crm.item.list (it serves every deal field); contacts stay on the legacy method, whose
+    // PHOTO carries the show URL
+    let manifest = |d: &str| std::fs::read_to_string(out.join("_manifests").join(d).join("v000001.json")).unwrap();
+    assert!(manifest("deals").contains("via crm.item.list"));
+    assert!(!manifest("contacts").contains("via crm.item.list"));
     // field labels per dataset
     let r = query(&format!("SELECT label, status_type FROM {} WHERE column_name = 'stage_id'", dict(&out, "fields", "deals")));
     assert_eq!((r[0]["label"].as_str(), r[0]["status_type"].as_str()), (Some("Deal stage"), Some("DEAL_STAGE")), "{r:?}");

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 
 fn checkpoint(out: &Path) -> Option<Value> {
-    let staging = out.join(".b24-staging");
+    let staging = out.join(".b24-staging").join("leads");
     for run in std::fs::read_dir(staging).ok()? {
         let p = run.ok()?.path().join("checkpoint.json");
         if let Ok(bytes) = std::fs::read(&p) {

@@ -51,8 +51,10 @@ fn check_types_and_values(offset_secs: i32, bool_uf_json: bool) {
     let want_items: Vec<Value> = data::SEGMENT_ITEMS.iter().map(|(id, v)| json!({"item_id": id, "value": v})).collect();
     assert_eq!(items.into_iter().map(Value::Object).collect::<Vec<_>>(), want_items);
     let statuses = query(&format!("SELECT entity_id, status_id, name, sort, semantics FROM '{}' ORDER BY entity_id, sort", dict("statuses")));
+    // the dictionaries the lead's fields refer to (the portal also has deal stages, contact types, …)
     let mut want_statuses: Vec<Value> = data::status_dictionary()
         .into_iter()
+        .filter(|(e, ..)| ["STATUS", "SOURCE", "HONORIFIC"].contains(&e.as_str()))
         .map(|(e, id, name, sort, sem)| json!({"entity_id": e, "status_id": id, "name": name, "sort": sort, "semantics": sem}))
         .collect();
     want_statuses.sort_by_key(|v| (v["entity_id"].as_str().unwrap().to_string(), v["sort"].as_i64().unwrap()));
