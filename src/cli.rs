@@ -56,6 +56,10 @@ pub struct ConvertArgs {
     /// Hive partitioning (as for export; default: the entity's default).
     #[arg(long)]
     pub partition_by: Option<String>,
+    /// The entity whose latest full raw run to convert, when RAW holds runs of several (default: lead; a run
+    /// folder's own entity when RAW is a run folder).
+    #[arg(long)]
+    pub entity: Option<String>,
     /// Replace an existing dataset in OUT/<dataset>.
     #[arg(long)]
     pub overwrite: bool,
@@ -564,6 +568,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 out: a.out.clone(),
                 s3,
                 partition: a.partition_by.as_deref().map(str::parse).transpose()?,
+                entity: a.entity.as_deref().map(str::parse).transpose()?,
                 overwrite: a.overwrite,
                 progress: !cli.quiet,
                 strict: a.strict,

@@ -160,6 +160,8 @@ pub struct ConvertOptions {
     pub s3: S3Options,
     /// `None`: the default of the raw run's entity.
     pub partition: Option<PartitionSpec>,
+    /// Which entity's latest raw run to take from a root of several (`None`: the run folder's own, or leads).
+    pub entity: Option<Entity>,
     pub overwrite: bool,
     pub progress: bool,
     pub strict: bool,
@@ -1229,7 +1231,7 @@ pub fn run_convert(opts: ConvertOptions) -> Result<ExportSummary> {
     let raw = Arc::new(Output::parse(&opts.raw, &opts.s3)?);
     let out = Arc::new(Output::parse(&opts.out, &opts.s3)?);
     let _lock = Lock::take(&out, &rt)?;
-    let input = rt.block_on(crate::raw::open(&raw))?;
+    let input = rt.block_on(crate::raw::open(&raw, opts.entity))?;
     let entity = Entity::of_dataset(&input.run.entity).ok_or_else(|| {
         Error::Usage(format!("{} holds pages of {:?}, which this version cannot convert", raw.display(&input.folder), input.run.entity))
     })?;

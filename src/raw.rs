@@ -160,10 +160,13 @@ async fn read_json<T: serde::de::DeserializeOwned>(raw: &Output, key: &str) -> R
 
 /// Opens `RAW`: a run folder (it holds `run.json`), or a raw root whose latest complete full run is taken
 /// (incremental and resumed runs hold only part of a snapshot and are not converted).
-pub async fn open(raw: &Output) -> Result<RawInput> {
+pub async fn open(raw: &Output, entity: Option<crate::entity::Entity>) -> Result<RawInput> {
     let partial = |r: &RawRun| r.incremental || r.resumed;
     let (folder, run) = if raw.get("run.json").await?.is_some() {
         let run: RawRun = read_json(raw, "run.json").await?;
+        if let Some(e) = entity.filter(|e| e.dataset() != run.entity) {
+            return Err(Error::Usage(format!("{} is a raw run of {}, not of {}", raw.display(""), run.entity, e.dataset())));
+        }
         if partial(&run) {
             return Err(Error::Usage(format!(
                 "{} is an {} run: it holds only part of a snapshot; convert a full run",
@@ -180,15 +183,19 @@ pub async fn open(raw: &Output) -> Result<RawInput> {
             .filter_map(|(k, _)| k.strip_suffix("/run.json").filter(|r| !r.contains('/')).map(str::to_string))
             .collect();
         runs.sort();
+        // the runs of several entities (`--entity all`) share a root: take the latest full run of the one asked for
+        let dataset = entity.unwrap_or(crate::entity::Entity::Lead).dataset();
         let mut found = None;
         while let Some(folder) = runs.pop() {
             let run: RawRun = read_json(raw, &format!("{folder}/run.json")).await?;
-            if !partial(&run) {
+            if !partial(&run) && run.entity == dataset {
                 found = Some((folder, run));
                 break;
             }
         }
-        found.ok_or_else(|| Error::Usage(format!("no complete full raw run (run.json) under {}; export with --raw-out first", raw.display(""))))?
+        found.ok_or_else(|| {
+            Error::Usage(format!("no complete full raw run of {dataset} (run.json) under {}; export with --raw-out first", raw.display("")))
+        })?
     };
     let at = |name: &str| if folder.is_empty() { name.to_string() } else { format!("{folder}/{name}") };
     let fields: Value = read_json(raw, &at("fields.json")).await?;

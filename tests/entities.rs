@@ -57,7 +57,8 @@ fn check_entity(sim: &SimPortal, out: &Path, entity: Entity, skip: &[&str]) {
 fn every_entity_exports_exactly_and_joins_its_dictionaries() {
     let sim = start_sim(SimConfig { leads: 1_500, deals: 2_600, contacts: 1_200, companies: 400, seed: 17, ..SimConfig::default() });
     let out = tempdir("entities");
-    let o = export(&sim.webhook_url(), &out, &["--entity", "all"]);
+    let raw = out.with_extension("raw");
+    let o = export(&sim.webhook_url(), &out, &["--entity", "all", "--raw-out", raw.to_str().unwrap()]);
     assert_success(&o);
     let (stdout, _) = text(&o);
     for (n, dataset) in [(1_500, "leads"), (2_600, "deals"), (1_200, "contacts"), (400, "companies")] {
@@ -127,6 +128,19 @@ fn every_entity_exports_exactly_and_joins_its_dictionaries() {
     // field labels per dataset
     let r = query(&format!("SELECT label, status_type FROM {} WHERE column_name = 'stage_id'", dict(&out, "fields", "deals")));
     assert_eq!((r[0]["label"].as_str(), r[0]["status_type"].as_str()), (Some("Deal stage"), Some("DEAL_STAGE")), "{r:?}");
+
+    // the raw landing zone holds one run per entity; `convert --entity deal` rebuilds the deals from theirs
+    let rebuilt = tempdir("entities-convert");
+    let o = bin().args(["--quiet", "convert"]).arg(&raw).arg("--out").arg(&rebuilt).args(["--entity", "deal"]).output().unwrap();
+    assert_success(&o);
+    assert!(text(&o).0.contains("exported 2600 deals"), "{}", text(&o).0);
+    let (a, b) = (glob(&out.join("deals")), glob(&rebuilt.join("deals")));
+    let n = |x: &str, y: &str| query(&format!("SELECT count(*) AS n FROM (SELECT * FROM {x} EXCEPT ALL SELECT * FROM {y})"))[0]["n"].as_u64().unwrap();
+    assert_eq!((n(&a, &b), n(&b, &a)), (0, 0), "the converted deals differ from the exported ones");
+    assert_eq!(types(&out.join("deals")), types(&rebuilt.join("deals")));
+    let o = bin().args(["--quiet", "convert"]).arg(&raw).arg("--out").arg(&rebuilt).output().unwrap();
+    assert_success(&o); // without --entity: the leads
+    assert!(text(&o).0.contains("exported 1500 leads"), "{}", text(&o).0);
 
     // no secret written anywhere, no staging left behind
     let bytes = all_bytes_under(&out);
