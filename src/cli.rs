@@ -224,7 +224,8 @@ pub struct ExportArgs {
     pub entity: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
-    /// Continue the latest interrupted run in OUT from its last checkpoint (a new run if there is none).
+    /// Continue the latest interrupted run in OUT from its last checkpoint; with none, a committed snapshot stays as
+    /// it is ("nothing to resume") and an empty OUT gets a new run.
     #[arg(long)]
     pub resume: bool,
     /// Seconds between checkpoints (finished files moved to the output, progress saved for --resume).
@@ -256,8 +257,8 @@ pub struct ExportArgs {
     #[arg(long)]
     pub raw_out: Option<String>,
     /// Hive partitioning: none, date_create:year, date_create:month, date_create:day, or a code column: status_id
-    /// (leads), stage_id (deals), type_id, source_id. Default: date_create:month for leads and deals,
-    /// date_create:year for contacts and companies.
+    /// (leads), stage_id (deals), type_id (deals, contacts), company_type (companies), source_id (leads, deals,
+    /// contacts). Default: date_create:month for leads and deals, date_create:year for contacts and companies.
     #[arg(long)]
     pub partition_by: Option<String>,
     /// A legacy list filter object, e.g. '{">=DATE_CREATE": "2024-01-01", "!STATUS_ID": "JUNK"}'.
@@ -391,6 +392,16 @@ fn client_config(l: &LimitArgs) -> Result<ClientConfig> {
 pub fn export_options(a: &ExportArgs, progress: bool) -> Result<Vec<ExportOptions>> {
     let entities = Entity::parse_list(&a.entity)?;
     let partition: Option<PartitionSpec> = a.partition_by.as_deref().map(str::parse).transpose()?;
+    if let Some(field) = partition.as_ref().and_then(PartitionSpec::source_field) {
+        let lacking: Vec<&str> = entities.iter().filter(|e| !e.declares(field)).map(|e| e.dataset()).collect();
+        if !lacking.is_empty() {
+            return Err(Error::Usage(format!(
+                "--partition-by {}: {} have no field {field}; run one command per entity with its own --partition-by",
+                partition.as_ref().map(PartitionSpec::name).unwrap_or_default(),
+                lacking.join(", ")
+            )));
+        }
+    }
     let one = export_options_for(a, progress, entities[0], partition.clone())?;
     Ok(entities
         .iter()
@@ -463,6 +474,17 @@ fn human_bytes(b: u64) -> String {
 
 pub fn print_summary(s: &ExportSummary) {
     let mut out = std::io::stdout().lock();
+    if s.nothing_to_resume {
+        let _ = writeln!(
+            out,
+            "{}: nothing to resume; committed snapshot v{:06} ({} {}) stays as it is",
+            s.dataset,
+            s.manifest_version,
+            s.leads,
+            s.entity.dataset()
+        );
+        return;
+    }
     let _ = writeln!(
         out,
         "exported {} {} into {} — {} files, {}, {} requests, {} retries, {:.1} s (run {})",

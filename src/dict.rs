@@ -46,10 +46,15 @@ fn status_rows(entity: &str, result: Value, out: &mut Vec<Status>) -> usize {
     };
     for r in &rows {
         let entity_id = text(r.get("ENTITY_ID")).unwrap_or_else(|| entity.to_string());
-        let category_id = match text(r.get("CATEGORY_ID")).and_then(|c| c.trim().parse().ok()) {
-            Some(c) => Some(c),
-            None if entity_id == "DEAL_STAGE" => Some(0),
-            None => entity_id.strip_prefix("DEAL_STAGE_").and_then(|c| c.parse().ok()),
+        // the funnel of a deal stage: the ENTITY_ID names it (`DEAL_STAGE_<id>`; a docs sample shows a CATEGORY_ID
+        // that disagrees with it), CATEGORY_ID only when the name does not
+        let category_id = if entity_id == "DEAL_STAGE" {
+            Some(0)
+        } else {
+            entity_id
+                .strip_prefix("DEAL_STAGE_")
+                .and_then(|c| c.parse().ok())
+                .or_else(|| text(r.get("CATEGORY_ID")).and_then(|c| c.trim().parse().ok()))
         };
         out.push(Status {
             category_id,
@@ -85,14 +90,26 @@ pub async fn fetch_dictionaries(client: &PortalClient, cols: &[Column], users: b
     entities.truncate(48);
     let deal_stages = entities.iter().any(|e| e == "DEAL_STAGE");
     let (mut out, people, categories) = dictionaries_batch(client, &entities, users, deal_stages).await?;
-    let funnels: Vec<String> = categories.iter().filter(|(id, _)| *id != 0).map(|(id, _)| deal_stage_entity(*id)).collect();
+    let funnels: Vec<String> = categories.iter().filter(|(id, ..)| *id != 0).map(|(id, ..)| deal_stage_entity(*id)).collect();
+    // the funnels themselves, so `category_id` has a name: rows of a `DEAL_CATEGORY` dictionary
+    for (id, name, sort) in &categories {
+        out.push(Status {
+            entity_id: "DEAL_CATEGORY".into(),
+            status_id: id.to_string(),
+            name: name.clone(),
+            sort: *sort,
+            semantics: None,
+            category_id: Some(*id),
+        });
+    }
     for chunk in funnels.chunks(48) {
         out.extend(dictionaries_batch(client, chunk, false, false).await?.0);
     }
     Ok((out, people))
 }
 
-type Dictionaries = (Vec<Status>, Option<Vec<User>>, Vec<(i64, String)>);
+/// Statuses, users, and the deal funnels as (id, name, sort).
+type Dictionaries = (Vec<Status>, Option<Vec<User>>, Vec<(i64, String, Option<i64>)>);
 
 /// One batch of status dictionaries (+ the first page of users, + the deal funnels), then paging.
 async fn dictionaries_batch(client: &PortalClient, entities: &[String], users: bool, categories: bool) -> Result<Dictionaries, PortalError> {
@@ -150,13 +167,14 @@ async fn dictionaries_batch(client: &PortalClient, entities: &[String], users: b
             tokio::time::sleep(client.backoff(attempts - 1)).await;
         }
     };
-    let mut funnels: Vec<(i64, String)> = Vec::new();
+    let mut funnels: Vec<(i64, String, Option<i64>)> = Vec::new();
     if let Some(raw) = batch.results.remove("categories") {
         let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
         for c in v.get("categories").and_then(Value::as_array).into_iter().flatten() {
             let id = c.get("id").and_then(|i| i.as_i64().or_else(|| i.as_str().and_then(|s| s.parse().ok())));
             if let Some(id) = id {
-                funnels.push((id, text(c.get("name")).unwrap_or_default()));
+                let sort = text(c.get("sort")).and_then(|s| s.trim().parse().ok());
+                funnels.push((id, text(c.get("name")).unwrap_or_default(), sort));
             }
         }
     } else if categories {

@@ -86,6 +86,19 @@ impl Entity {
         }
     }
 
+    /// Whether the declared mapping has a standard field (`STAGE_ID`), to check options before any request.
+    pub fn declares(self, field: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Declared {
+            fields: Vec<Named>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        serde_json::from_str::<Declared>(self.mapping()).is_ok_and(|d| d.fields.iter().any(|f| f.name == field))
+    }
+
     /// The legacy ⇄ `crm.item` name map (`schemas/<entity>_item.json`).
     pub fn item_mapping(self) -> &'static str {
         match self {
@@ -154,6 +167,8 @@ mod tests {
         assert_eq!(Entity::parse_list(&["all"]).unwrap(), Entity::ALL);
         assert_eq!(Entity::parse_list::<&str>(&[]).unwrap(), [Entity::Lead]);
         assert!(matches!(Entity::parse_list(&["invoice"]), Err(Error::Usage(m)) if m.contains("invoice")));
+        assert!(Entity::Deal.declares("STAGE_ID") && !Entity::Lead.declares("STAGE_ID") && Entity::Company.declares("COMPANY_TYPE"));
+        assert!(Entity::ALL.iter().all(|e| e.declares("DATE_CREATE") && e.declares("DATE_MODIFY")));
         for e in Entity::ALL {
             assert_eq!(Entity::of_dataset(e.dataset()), Some(e));
             let m: serde_json::Value = serde_json::from_str(e.mapping()).unwrap();

@@ -128,9 +128,11 @@ async fn field_metadata(client: &PortalClient, entity: Entity, api: Api, select:
     };
     let meta = map.legacy_fields(&item_fields)?;
     if let Some(legacy) = legacy {
+        // the legacy names of the fields asked for (--select takes any case)
+        let legacy_names: Vec<String> = legacy.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
         let wanted: Vec<String> = match select {
-            Some(s) => s.to_vec(),
-            None => legacy.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default(),
+            Some(s) => legacy_names.iter().filter(|k| s.iter().any(|x| x.eq_ignore_ascii_case(k))).cloned().collect(),
+            None => legacy_names,
         };
         // a field is served when the item API has it with the same content (a standard file field is only the
         // file's ID there, without the legacy object's show URL)
@@ -191,6 +193,8 @@ pub struct IncrementalOptions {
 /// What an export did.
 #[derive(Debug)]
 pub struct ExportSummary {
+    /// `--resume` found nothing interrupted: nothing was fetched, the committed snapshot stays.
+    pub nothing_to_resume: bool,
     pub entity: Entity,
     /// Where the dataset is, as a reader names it (a path or an `s3://` URL).
     pub dataset: String,
@@ -221,6 +225,32 @@ pub struct ExportSummary {
 
 /// Runs in progress and their checkpoints, beside the datasets: `OUT/.b24-staging/<dataset>/<run id>/…`.
 pub const STAGING: &str = ".b24-staging";
+
+impl ExportSummary {
+    /// The summary of a run that had nothing to do: the committed snapshot `m`.
+    fn unchanged(entity: Entity, dataset: String, m: &Manifest, seconds: f64) -> ExportSummary {
+        ExportSummary {
+            nothing_to_resume: true,
+            entity,
+            dataset,
+            run_id: m.run_id.clone(),
+            leads: m.total_rows,
+            resumed_leads: 0,
+            bytes: m.files.iter().map(|f| f.bytes).sum(),
+            files: m.files.clone(),
+            requests: 0,
+            retries: 0,
+            paused_secs: 0.0,
+            operating_blocks: 0,
+            seconds,
+            replaced: 0,
+            manifest_version: m.version,
+            rejects: BTreeMap::new(),
+            rejects_file: None,
+            changes: None,
+        }
+    }
+}
 /// Labels and dictionaries: `OUT/_dict/<table>/<dataset>.parquet`.
 pub const DICT: &str = "_dict";
 /// Rejected values: `OUT/_rejects/<dataset>.jsonl`.
@@ -490,6 +520,26 @@ async fn find_checkpoint(out: &Output, dataset: &str, committed_run: Option<&str
     Ok(None)
 }
 
+/// Runs staged by versions before per-dataset staging (`.b24-staging/<run id>/…`, leads only) move to
+/// `.b24-staging/leads/<run id>/…`, where `--resume` finds them and a commit cleans them up.
+async fn adopt_legacy_staging(out: &Output) -> Result<()> {
+    let mut runs = std::collections::BTreeSet::new();
+    for (key, _) in out.list(STAGING).await? {
+        let rest = key.strip_prefix(STAGING).unwrap_or(&key).trim_start_matches('/');
+        let Some((run, _)) = rest.split_once('/') else { continue };
+        // run ids start with their UTC start time (`20261129T…`); datasets do not start with a digit
+        if run.starts_with(|c: char| c.is_ascii_digit()) {
+            out.rename(&key, &format!("{}/{rest}", staging_root("leads"))).await?;
+            runs.insert(run.to_string());
+        }
+    }
+    for run in runs {
+        tracing::info!("moved the staging of run {run} to {}", out.display(&staging_of("leads", &run)));
+        out.clear(&format!("{STAGING}/{run}"), &[]).await?; // empty folders on a disk
+    }
+    Ok(())
+}
+
 /// Removes every object under `prefix` for which `drop` says so.
 async fn delete_where(out: &Output, prefix: &str, drop: impl Fn(&str) -> bool) -> Result<usize> {
     let mut n = 0;
@@ -638,7 +688,7 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         Some(_) => rt.block_on(manifest::latest(&out, dataset))?,
         None => None,
     };
-    if !existing.is_empty() && !opts.overwrite && base.is_none() {
+    if !existing.is_empty() && !opts.overwrite && base.is_none() && !opts.resume {
         return Err(Error::Usage(format!(
             "{} already holds a dataset ({} Parquet files); pass --overwrite to replace it, --incremental to merge changes into it, or choose another --out",
             out.display(dataset),
@@ -650,8 +700,22 @@ pub fn run_export(opts: ExportOptions) -> Result<ExportSummary> {
         out.put_bytes(&check, b"ok".to_vec()).await?;
         out.delete(&check).await
     })?;
+    rt.block_on(adopt_legacy_staging(&out))?;
     let committed = rt.block_on(manifest::latest(&out, dataset))?;
     let interrupted = rt.block_on(find_checkpoint(&out, dataset, committed.as_ref().map(|m| m.run_id.as_str())))?;
+    if let (true, None, Some(m)) = (opts.resume && !opts.overwrite, &interrupted, &committed) {
+        // nothing was interrupted: the committed snapshot is the answer (a retried `--entity all --resume` then
+        // resumes only the entities that stopped)
+        tracing::info!("--resume: no interrupted run of {dataset} in {}; snapshot v{:06} stays as it is", out.display(""), m.version);
+        return Ok(ExportSummary::unchanged(opts.entity, out.display(dataset), m, started.elapsed().as_secs_f64()));
+    }
+    if !existing.is_empty() && !opts.overwrite && base.is_none() && interrupted.is_none() {
+        return Err(Error::Usage(format!(
+            "{} already holds a dataset ({} Parquet files) and no manifest; pass --overwrite to replace it, or choose another --out",
+            out.display(dataset),
+            existing.len()
+        )));
+    }
     let resumed = match (opts.resume, interrupted) {
         (_, Some(c)) if c.incremental => {
             tracing::info!("an interrupted incremental run ({}) is not resumed: this run starts again from the last committed watermark", c.run_id);
@@ -1167,6 +1231,7 @@ fn export_run(
     };
     let rejects_file = (rejects_total > 0).then(|| out.display(&rejects_key));
     Ok(ExportSummary {
+        nothing_to_resume: false,
         entity: opts.entity,
         dataset: out.display(dataset),
         run_id,

@@ -87,6 +87,10 @@ fn every_entity_exports_exactly_and_joins_its_dictionaries() {
     let r = query(&format!("SELECT DISTINCT entity_id FROM {statuses} WHERE entity_id LIKE 'DEAL_STAGE%' ORDER BY 1"));
     let funnels: Vec<&str> = r.iter().map(|x| x["entity_id"].as_str().unwrap()).collect();
     assert_eq!(funnels, ["DEAL_STAGE", "DEAL_STAGE_1", "DEAL_STAGE_2"]);
+    // and the funnels have names (crm.category.list)
+    let r = query(&format!("SELECT category_id, name FROM {statuses} WHERE entity_id = 'DEAL_CATEGORY' ORDER BY sort"));
+    let names: Vec<(i64, &str)> = r.iter().map(|x| (x["category_id"].as_i64().unwrap(), x["name"].as_str().unwrap())).collect();
+    assert_eq!(names, entities::DEAL_CATEGORIES.iter().map(|(id, name, _)| (*id, *name)).collect::<Vec<_>>());
     // the deal type, the responsible user and the company resolve through the dictionaries and datasets
     let r = query(&format!(
         "SELECT count(*) AS n, count(t.name) AS typed, count(u.last_name) AS people
@@ -142,6 +146,12 @@ fn every_entity_exports_exactly_and_joins_its_dictionaries() {
     assert_success(&o); // without --entity: the leads
     assert!(text(&o).0.contains("exported 1500 leads"), "{}", text(&o).0);
 
+    // retrying the same command with --resume: nothing was interrupted, every snapshot stays as it is
+    let o = export(&sim.webhook_url(), &out, &["--entity", "all", "--resume"]);
+    assert_success(&o);
+    assert_eq!(text(&o).0.matches("nothing to resume").count(), 4, "{}", text(&o).0);
+    assert!(!out.join("_manifests").join("deals").join("v000002.json").exists());
+
     // no secret written anywhere, no staging left behind
     let bytes = all_bytes_under(&out);
     assert!(!contains(&bytes, &sim.config().webhook_code));
@@ -183,9 +193,14 @@ fn item_api_gives_the_same_datasets_as_the_legacy_methods() {
         let rows = query(&format!("SELECT count(*) AS n FROM {}", glob(&b)))[0]["n"].as_u64().unwrap();
         assert_eq!(rows as usize, sim.ids_of(entity).len());
     }
-    // the file object's show URL is there only through the legacy methods
+    // the file object's show URL is there only through the legacy methods, which --api auto therefore takes for a
+    // photo, however --select spells it
     let r = query(&format!("SELECT count(photo.show_url) AS legacy FROM {}", glob(&legacy.join("contacts"))));
     assert!(r[0]["legacy"].as_u64().unwrap() > 50, "{r:?}");
+    let auto = dir.join("auto");
+    assert_success(&export(&sim.webhook_url(), &auto, &["--entity", "contact", "--select", "name,Photo"]));
+    let r = query(&format!("SELECT count(photo.show_url) AS n FROM {}", glob(&auto.join("contacts"))));
+    assert_eq!(r[0]["n"], query(&format!("SELECT count(photo) AS n FROM {}", glob(&auto.join("contacts"))))[0]["n"]);
 }
 
 #[test]
@@ -207,14 +222,24 @@ fn deals_merge_incrementally_and_partition_by_stage() {
     let o = export(&sim.webhook_url(), &out, &["--entity", "deal", "--partition-by", "stage_id", "--incremental", "--detect-deletes"]);
     assert_success(&o);
     let (stdout, _) = text(&o);
-    assert!(stdout.contains("1 inserted") && stdout.contains("1 deleted"), "{stdout}");
+    let updated = ids.iter().step_by(97).filter(|id| **id != ids[5]).count();
+    assert!(stdout.contains(&format!(": 1 inserted, {updated} updated, 1 deleted,")), "{stdout}");
     check_entity(&sim, &out, Entity::Deal, &[]);
     let ds = read_dataset(&out.join("deals"));
     assert!(ds.rows.iter().any(|r| r["id"] == new));
+    // edited deals changed stage, so their rows moved between stage_id folders: the old folders' files were
+    // rewritten without them, and no deal is in two folders (check_entity found each ID once)
+    let second = walk_parquet(&out.join("deals"));
+    assert!(second.iter().any(|p| !first.contains(p)) && first.iter().any(|p| !second.contains(p)), "no file was rewritten");
     // the leads' partitioning does not fit deals: refused, naming the field
+    let calls = sim.stats().http_requests.load(std::sync::atomic::Ordering::Relaxed);
     let o = export(&sim.webhook_url(), &tempdir("entities-bad"), &["--entity", "deal", "--partition-by", "status_id"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("STATUS_ID"), "{}", text(&o).1);
+    assert!(text(&o).1.contains("deals have no field STATUS_ID"), "{}", text(&o).1);
+    let o = export(&sim.webhook_url(), &tempdir("entities-bad"), &["--entity", "all", "--partition-by", "stage_id"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("leads, contacts, companies have no field STAGE_ID"), "{}", text(&o).1);
+    assert_eq!(sim.stats().http_requests.load(std::sync::atomic::Ordering::Relaxed), calls, "refused before any request");
 }
 
 fn walk_parquet(dir: &Path) -> Vec<String> {

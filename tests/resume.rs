@@ -70,6 +70,10 @@ fn an_export_killed_three_times_and_resumed_is_exact() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
     assert!(text(&o).1.contains("--select changed"), "{}", text(&o).1);
 
+    // the interrupted run is staged the way versions before per-dataset staging did (`.b24-staging/<run id>/`):
+    // it is still found and resumed
+    let run = run_id.clone().unwrap();
+    std::fs::rename(out.join(".b24-staging/leads").join(&run), out.join(".b24-staging").join(&run)).unwrap();
     let o = export(&sim.webhook_url(), &out, &["--resume"]);
     assert_success(&o);
     let stdout = text(&o).0;

@@ -249,6 +249,20 @@ fn apply_version(fields: &[FieldDef], t: &mut [Truth], v: u32) {
             _ => {}
         }
     }
+    // a deal moves to another stage of its funnel on every other edit (and, partitioned by stage_id, to another
+    // folder); it is then in progress
+    if v % 2 == 1 {
+        let at = |name: &str| fields.iter().position(|f| f.name == name);
+        if let (Some(stage), Some(semantic), Some(closed)) = (at("STAGE_ID"), at("STAGE_SEMANTIC_ID"), at("CLOSED")) {
+            if let Truth::Str(s) = &t[stage] {
+                let (funnel, code) = s.rsplit_once(':').map(|(f, c)| (format!("{f}:"), c)).unwrap_or((String::new(), s.as_str()));
+                let next = if code == "EXECUTING" { "NEW" } else { "EXECUTING" };
+                t[stage] = Truth::Str(format!("{funnel}{next}"));
+                t[semantic] = Truth::Str("P".into());
+                t[closed] = Truth::Bool(false);
+            }
+        }
+    }
 }
 
 /// Per-method operating time in baskets: (basket index, seconds).

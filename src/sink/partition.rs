@@ -19,14 +19,14 @@ pub enum Grain {
     Day,
 }
 
-/// `--partition-by none|date_create:year|date_create:month|date_create:day|status_id|stage_id|type_id|source_id`.
+/// `--partition-by none|date_create:year|date_create:month|date_create:day|status_id|stage_id|type_id|company_type|source_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionSpec {
     None,
     /// Derived from DATE_CREATE in UTC; the derived column (`date_create_month`) lives only in the path.
     DateCreate(Grain),
-    /// A code column (`status_id` of leads, `stage_id` of deals, `type_id`, `source_id`); the column moves from the
-    /// files into the path.
+    /// A code column (`status_id` of leads, `stage_id` of deals, `type_id`, `company_type`, `source_id`); the column
+    /// moves from the files into the path.
     Code(&'static str),
 }
 
@@ -36,10 +36,17 @@ impl Default for PartitionSpec {
     }
 }
 
-pub const PARTITION_CHOICES: &str = "none, date_create:year, date_create:month, date_create:day, status_id, stage_id, type_id, source_id";
+pub const PARTITION_CHOICES: &str =
+    "none, date_create:year, date_create:month, date_create:day, status_id, stage_id, type_id, company_type, source_id";
 
 /// The code columns a dataset can be partitioned by, as (column, portal field).
-const CODES: &[(&str, &str)] = &[("status_id", "STATUS_ID"), ("stage_id", "STAGE_ID"), ("type_id", "TYPE_ID"), ("source_id", "SOURCE_ID")];
+const CODES: &[(&str, &str)] = &[
+    ("status_id", "STATUS_ID"),
+    ("stage_id", "STAGE_ID"),
+    ("type_id", "TYPE_ID"),
+    ("company_type", "COMPANY_TYPE"),
+    ("source_id", "SOURCE_ID"),
+];
 
 impl FromStr for PartitionSpec {
     type Err = Error;
