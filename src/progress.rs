@@ -1,4 +1,4 @@
-//! Progress of a long run: a bar on a terminal (leads, leads/s, requests, retries), a log line every few
+//! Progress of a long run: a bar on a terminal (records, records/s, requests, retries), a log line every few
 //! seconds otherwise.
 
 use std::io::IsTerminal;
@@ -66,7 +66,7 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let leads = self.leads();
         format!(
-            "fetched {leads} leads ({:.0}/s), written {}, {} requests, {} retries",
+            "fetched {leads} records ({:.0}/s), written {}, {} requests, {} retries",
             leads as f64 / secs,
             self.written.load(Ordering::Relaxed),
             self.client.requests.load(Ordering::Relaxed),

@@ -688,11 +688,20 @@ pub fn render_value(def: &FieldDef, t: &Truth, lead_id: i64, enc: &Encoding) -> 
             )
         }
         (UfFile, Truth::Null) => return None, // stored 0: key absent
-        (UfFile | File, Truth::File { id: fid }) => json!({
-            "id": fid,
-            "showUrl": format!("/bitrix/components/bitrix/crm.lead.show/show_file.php?ownerId={lead_id}&fieldName={}&dynamic=Y&fileId={fid}", def.name),
-            "downloadUrl": format!("/bitrix/components/bitrix/crm.lead.show/show_file.php?auth=simauth{fid}token&ownerId={lead_id}&fieldName={}&dynamic=Y&fileId={fid}", def.name),
-        }),
+        (UfFile | File, Truth::File { id: fid }) => {
+            // a standard field (contact PHOTO, company LOGO) is served by its entity's component, `dynamic=N`
+            let (component, dynamic) = match def.name {
+                "PHOTO" => ("crm.contact.show", "N"),
+                "LOGO" => ("crm.company.show", "N"),
+                _ => ("crm.lead.show", "Y"),
+            };
+            let name = def.name;
+            json!({
+                "id": fid,
+                "showUrl": format!("/bitrix/components/bitrix/{component}/show_file.php?ownerId={lead_id}&fieldName={name}&dynamic={dynamic}&fileId={fid}"),
+                "downloadUrl": format!("/bitrix/components/bitrix/{component}/show_file.php?auth=simauth{fid}token&ownerId={lead_id}&fieldName={name}&dynamic={dynamic}&fileId={fid}"),
+            })
+        }
         (_, Truth::List(items)) if def.multiple => {
             if items.is_empty() {
                 match def.ftype {

@@ -857,9 +857,11 @@ fn int_param(v: Option<&Value>) -> i64 {
 }
 
 /// Which fields a select list returns (§2 select masks).
-fn select_filter<'a>(fields: &'a [FieldDef], select: &'a [String]) -> impl Fn(&FieldDef) -> bool + 'a {
+/// An empty select is `*` for leads (the docs do not say more) and `*` + `UF_*` for deals, contacts and companies
+/// (DOCS crm-deal-list.md, crm-contact-list.md).
+fn select_filter<'a>(entity: Entity, fields: &'a [FieldDef], select: &'a [String]) -> impl Fn(&FieldDef) -> bool + 'a {
     let star = select.is_empty() || select.iter().any(|s| s == "*");
-    let uf = select.iter().any(|s| s == "UF_*");
+    let uf = select.iter().any(|s| s == "UF_*") || (select.is_empty() && entity != Entity::Lead);
     let any_multi = select.iter().any(|s| fields.iter().any(|f| f.name == s && f.ftype == data::FType::Multifield));
     move |def: &FieldDef| {
         if def.ftype == data::FType::Multifield {
@@ -1031,7 +1033,7 @@ fn sort_key(def: &FieldDef, t: &Truth) -> Key {
 
 fn render_rows(state: &State, entity: Entity, ids: &[i64], rows: &[(usize, Vec<Truth>)], select: &[String]) -> Value {
     let fields = entities::fields(entity);
-    let keep = select_filter(fields, select);
+    let keep = select_filter(entity, fields, select);
     Value::Array(
         rows.iter()
             .map(|(pos, t)| {
