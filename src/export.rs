@@ -368,42 +368,54 @@ impl Checkpoint {
     }
 }
 
-/// One export per local output directory at a time: `OUT/.b24-staging/lock` holds the pid of the run that
-/// writes. A lock whose process is gone (a killed run) is taken over. (Object stores have no such lock: the
-/// create-only manifest put still refuses a second commit of the same version.)
+/// One export per local output directory at a time: the run holds an exclusive `flock` on `OUT/.b24-staging/lock`
+/// (which also names its pid, for the message a second run gets). The kernel releases the lock when the process
+/// ends, however it ends, so a killed run never blocks the next one and a reused pid never fakes a live run.
 struct OutputLock {
     path: PathBuf,
+    _file: std::fs::File,
 }
 
 impl OutputLock {
     fn take(out: &std::path::Path) -> Result<OutputLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::MetadataExt;
         let staging = out.join(STAGING);
         let path = staging.join(LOCK);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let pid: u32 = text.trim().parse().unwrap_or(0);
-            let alive = pid != 0 && pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists();
-            if alive {
-                return Err(Error::Usage(format!(
-                    "another export (pid {pid}) is writing to {}; wait for it, or use another --out",
-                    out.display()
-                )));
-            }
-            let _ = std::fs::remove_file(&path); // a killed run's lock; its staged work stays for --resume
-        }
         let unwritable = |e: std::io::Error| {
             Error::Usage(format!("cannot write to {} ({e}); choose a writable --out directory", out.display()))
         };
         std::fs::create_dir_all(&staging).map_err(unwritable)?;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
-            Error::Usage(format!("another export is starting in {} ({e}); run one export per --out at a time", out.display()))
-        })?;
-        std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes()).map_err(|e| Error::io(&path, e))?;
-        Ok(OutputLock { path })
+        for _ in 0..3 {
+            let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(unwritable)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    return Err(Error::Usage(format!(
+                        "another export (pid {}) is writing to {}; wait for it, or use another --out",
+                        pid.trim(),
+                        out.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+            // the run before us may have removed the file after we opened it: only the file at the path counts
+            let same = std::fs::metadata(&path).is_ok_and(|m| file.metadata().is_ok_and(|f| f.ino() == m.ino()));
+            if !same {
+                continue;
+            }
+            file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(std::process::id().to_string().as_bytes())).map_err(|e| Error::io(&path, e))?;
+            return Ok(OutputLock { path, _file: file });
+        }
+        Err(Error::Usage(format!("another export is starting in {}; run one export per --out at a time", out.display())))
     }
 }
 
 impl Drop for OutputLock {
     fn drop(&mut self) {
+        // removed while still locked (the file is unlocked when `_file` drops, right after)
         let _ = std::fs::remove_file(&self.path);
         if let Some(staging) = self.path.parent() {
             let _ = std::fs::remove_dir(staging); // only if nothing is staged

@@ -315,3 +315,36 @@ fn a_webhook_without_the_user_scope_exports_without_the_users_table() {
     assert!(out.join("_dict/statuses/leads.parquet").exists());
     assert_eq!(read_dataset(&out.join("leads")).rows.len(), 300);
 }
+
+#[test]
+fn one_export_per_output_and_a_killed_run_does_not_block_the_next() {
+    let sim = start_sim(SimConfig { leads: 20_000, seed: 9, latency: std::time::Duration::from_millis(300), ..SimConfig::default() });
+    let out = tempdir("lock");
+    let mut first = bin()
+        .args(["--quiet", "export", "--webhook", &sim.webhook_url(), "--out"])
+        .arg(&out)
+        .env_remove("B24_WEBHOOK_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = out.join(".b24-staging").join("lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&lock).map_or(true, |t| t.trim().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the first run never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let o = export(&sim.webhook_url(), &out, &["--overwrite"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("another export (pid {})", first.id())), "{stderr}");
+    first.kill().unwrap(); // SIGKILL: no cleanup, the lock file stays
+    first.wait().unwrap();
+    assert!(lock.exists());
+    // the file even names a live process (this test): only the kernel's lock counts, and nobody holds it
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    let o = export(&sim.webhook_url(), &out, &["--overwrite", "--plan", "enterprise"]);
+    assert_success(&o);
+    assert_eq!(read_dataset(&out.join("leads")).rows.len(), 20_000);
+    assert!(!out.join(".b24-staging").exists(), "the lock was not removed");
+}

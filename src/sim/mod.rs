@@ -787,7 +787,7 @@ fn call(
         "crm.category.list" => category_list(params),
         "crm.lead.list" | "crm.deal.list" | "crm.contact.list" | "crm.company.list" | "crm.item.list" => {
             let calls = state.stats.list_calls.fetch_add(1, AtomicOrdering::Relaxed) + 1;
-            if state.cfg.mutate_every.is_some_and(|n| calls % n.max(1) == 0) {
+            if state.cfg.mutate_every.is_some_and(|n| calls.is_multiple_of(n.max(1))) {
                 state.mutate(calls);
             }
             let mut counted = 0u64;
@@ -1118,7 +1118,7 @@ fn batch(state: &State, params: &Map<String, Value>, cost: &mut Duration) -> Res
         let method = method.to_lowercase();
         let p = params::parse_php_query(query);
         let no = state.commands.fetch_add(1, AtomicOrdering::Relaxed) + 1;
-        let out = if state.cfg.command_error_every.is_some_and(|every| no % every.max(1) == 0) {
+        let out = if state.cfg.command_error_every.is_some_and(|every| no.is_multiple_of(every.max(1))) {
             state.stats.command_errors.fetch_add(1, AtomicOrdering::Relaxed);
             Err(ApiErr(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "Internal server error".into()))
         } else {
