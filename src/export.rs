@@ -1066,6 +1066,8 @@ fn export_run(
     let mut total_rows = ckpt.rows;
     let mut max_modify = ckpt.max_date_modify;
     let mut changes = None;
+    // incremental: the snapshot's rows this run replaces or removes (their old rejects go with them)
+    let mut superseded = std::collections::HashSet::new();
     if let Some((b, since, index)) = &base {
         let mut drop = tally.replaced.clone();
         let mut touched = tally.touched.clone();
@@ -1117,6 +1119,7 @@ fn export_run(
             files_rewritten: touched.len() as u64,
         });
         let removed = if keep_deleted { 0 } else { deleted };
+        superseded = drop;
         if total_rows != b.total_rows + tally.inserted - removed {
             return Err(Error::Internal(format!(
                 "the merged snapshot would hold {total_rows} rows, expected {} + {} − {removed}",
@@ -1174,6 +1177,28 @@ fn export_run(
     };
     let rejects_total: u64 = ckpt.rejects.values().sum();
     let rejects_key = format!("{REJECTS}/{dataset}.jsonl");
+    // incremental: the rejects of the snapshot's rows that stay are still true; those of superseded rows are not
+    let kept_rejects: Vec<u8> = match &base {
+        Some(_) => rt
+            .block_on(out.get(&rejects_key))?
+            .map(|old| {
+                old.split(|b| *b == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .filter(|line| {
+                        #[derive(Deserialize)]
+                        struct Line {
+                            lead_id: String,
+                        }
+                        let id = serde_json::from_slice::<Line>(line).ok().and_then(|r| r.lead_id.parse::<i64>().ok());
+                        id.is_none_or(|id| !superseded.contains(&id))
+                    })
+                    .flat_map(|line| line.iter().copied().chain([b'\n']))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let write_rejects = rejects_total > 0 || !kept_rejects.is_empty();
     let publish = async {
         for f in &ckpt.files {
             let (from, to) = (format!("{staging}/{dataset}/{}", f.path), format!("{dataset}/{}", f.path));
@@ -1208,9 +1233,10 @@ fn export_run(
         for (staged, published) in &side_files {
             out.rename(staged, published).await?;
         }
-        if rejects_total > 0 {
+        if write_rejects {
             let local = spool.join(format!("{dataset}.jsonl"));
             let mut file = std::fs::File::create(&local).map_err(|e| Error::io(&local, e))?;
+            std::io::Write::write_all(&mut file, &kept_rejects).map_err(|e| Error::io(&local, e))?;
             for seg in &ckpt.reject_segments {
                 out.copy_to(&format!("{staging}/{REJECTS}/{seg}"), &mut file).await?;
             }
@@ -1225,7 +1251,7 @@ fn export_run(
     }
     let keep: std::collections::HashSet<String> = all_files.iter().map(|f| format!("{dataset}/{}", f.path)).collect();
     let cleanup = async {
-        if rejects_total == 0 {
+        if !write_rejects {
             out.delete(&rejects_key).await?;
         }
         // the previous snapshot, and files of failed runs, in the dataset
@@ -1241,7 +1267,7 @@ fn export_run(
             existing.len()
         }
     };
-    let rejects_file = (rejects_total > 0).then(|| out.display(&rejects_key));
+    let rejects_file = write_rejects.then(|| out.display(&rejects_key));
     Ok(ExportSummary {
         nothing_to_resume: false,
         entity: opts.entity,
