@@ -356,12 +356,9 @@ const ENDGAME_ROUNDS: f64 = 1.5;
 /// In the last round trips of a run, every range gets a step before any gets a second one: each range ends with a
 /// partly filled page, and a range left out of the last requests costs a round trip of its own.
 const COVER_ROUNDS: f64 = 2.0;
-/// A range is split to finish in time when it holds more than this many times the rounds left' worth of two
-/// cursors. (4 saves a few partly filled pages but leaves ranges that need round trips of their own at the end:
-/// two requests fewer, a second or two more.)
-const SHORTEN_ROUNDS: f64 = 1.0;
-/// At most this many requests at the end of a run go out without waiting for answers, when the bucket has room.
-const LAST_REQUESTS: usize = 3;
+/// A range is split to finish in time only when it holds more than this many rounds' worth of two cursors (a split
+/// costs a partly filled page; ranges picked fullest-first mostly finish in time without one).
+const SHORTEN_ROUNDS: f64 = 4.0;
 /// Bounds of the correction of the ranges' estimates by the probe's count.
 const SCALE_MIN: f64 = 0.67;
 const SCALE_MAX: f64 = 1.5;
@@ -699,15 +696,13 @@ pub async fn fetch_all(
             let ready = ranges.ready();
             if ready < BATCH {
                 ranges.split_for(BATCH - ready);
-                // The last requests: when the bucket has room for all of them, waiting for answers costs round trips
-                // and sending costs nothing; a thin request that is about the last ends as many ranges as it can.
-                let last = steps_left <= BATCH as f64 * pace.room().min(LAST_REQUESTS) as f64;
-                if ranges.ready() < BATCH && (inflight.is_empty() || last) && steps_left <= BATCH as f64 * LAST_REQUESTS as f64 {
-                    ranges.pad(BATCH);
-                }
-                if ranges.ready() < BATCH && !inflight.is_empty() && !(last && ranges.ready() * 2 >= BATCH) {
+                if ranges.ready() < BATCH && !inflight.is_empty() {
                     why = 1;
                     break;
+                }
+                // a thin request with nothing under way: if it is about the last, make it end as much as it can
+                if ranges.ready() < BATCH && steps_left <= BATCH as f64 {
+                    ranges.pad(BATCH);
                 }
             }
             let picked = ranges.pick(BATCH);
