@@ -184,16 +184,24 @@ impl Range {
     }
 
     /// About how many leads are left between the cursors (before the answers under way): by the density of the
-    /// range's own full pages, or `default_density` before it has any.
-    fn remaining(&self, default_density: f64) -> f64 {
-        let density = if self.seen_ids > 0.0 { self.seen_rows / self.seen_ids } else { default_density };
-        self.span().max(0) as f64 * density.min(1.0)
+    /// range's own full pages, or the run's before it has any; times the run's correction (see [`Est`]).
+    fn remaining(&self, e: Est) -> f64 {
+        let density = if self.seen_ids > 0.0 { self.seen_rows / self.seen_ids } else { e.density };
+        self.span().max(0) as f64 * density.min(1.0) * e.scale
     }
 
     /// About how many leads will be left once the requests under way have answered.
-    fn left(&self, default_density: f64) -> f64 {
-        self.remaining(default_density) - (PAGE * self.inflight()) as f64
+    fn left(&self, e: Est) -> f64 {
+        self.remaining(e) - (PAGE * self.inflight()) as f64
     }
+}
+
+/// How the leads left in a range are estimated: leads per ID for ranges not yet sampled, and a correction of all
+/// estimates by the probe's count (the leads left in all, known from it, over the sum of the ranges' estimates).
+#[derive(Debug, Clone, Copy)]
+struct Est {
+    density: f64,
+    scale: f64,
 }
 
 fn list_params(spec: &FetchSpec, extra: &[(&str, Value)], order: &str, select: &[String]) -> Map<String, Value> {
@@ -260,7 +268,7 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// A batch request under way: its cursor steps (range key, cursor), each range's `(lo, hi)` when sent, and its
 /// outcome.
-type InFlight = (Vec<(usize, Dir)>, Vec<(i64, i64)>, std::time::Duration, std::result::Result<BatchOutcome, PortalError>);
+type InFlight = (Vec<(usize, Dir)>, Vec<(i64, i64)>, std::time::Duration, std::result::Result<BatchOutcome, PortalError>, u64);
 
 fn paused_too_long(method: &str) -> PortalError {
     PortalError::Api {
@@ -345,10 +353,22 @@ const MARGIN: f64 = 25.0;
 const SPLIT_MIN: f64 = 3.0 * PAGE as f64;
 /// In the last round trips of a run, a second cursor goes to every range expected to hold more than a page.
 const ENDGAME_ROUNDS: f64 = 1.5;
+/// In the last round trips of a run, every range gets a step before any gets a second one: each range ends with a
+/// partly filled page, and a range left out of the last requests costs a round trip of its own.
+const COVER_ROUNDS: f64 = 2.0;
+/// A range is split to finish in time only when it holds more than this many rounds' worth of two cursors (a split
+/// costs a partly filled page; ranges picked fullest-first mostly finish in time without one).
+const SHORTEN_ROUNDS: f64 = 4.0;
+/// Bounds of the correction of the ranges' estimates by the probe's count.
+const SCALE_MIN: f64 = 0.67;
+const SCALE_MAX: f64 = 1.5;
 
 /// How many more cursor steps range `r` is worth now, with `left` leads expected beyond its steps under way and
 /// `margin` as [`MARGIN`].
 fn worth(r: &Range, mut left: f64, margin: f64) -> usize {
+    if r.done() {
+        return 0; // the cursors met: nothing between them, whatever the other step under way brings
+    }
     let free = 2 - r.inflight();
     let mut n = 0;
     if r.idle() {
@@ -389,15 +409,25 @@ struct Ranges {
     density: f64,
     /// [`MARGIN`], or less in the last rounds of a run, when a round trip costs more than a wasted step.
     margin: f64,
+    /// Splits made: initial fan-out, to shorten long ranges, to fill requests.
+    splits: [u64; 3],
+    /// Last rounds: every range gets a step before any gets a second one.
+    cover: bool,
+    /// See [`Est::scale`].
+    scale: f64,
 }
 
 impl Default for Ranges {
     fn default() -> Self {
-        Ranges { map: Default::default(), next_key: 0, density: 1.0, margin: MARGIN }
+        Ranges { map: Default::default(), next_key: 0, density: 1.0, margin: MARGIN, splits: [0; 3], cover: false, scale: 1.0 }
     }
 }
 
 impl Ranges {
+    fn est(&self) -> Est {
+        Est { density: self.density, scale: self.scale }
+    }
+
     fn insert(&mut self, r: Range) {
         self.map.insert(self.next_key, r);
         self.next_key += 1;
@@ -417,7 +447,7 @@ impl Ranges {
 
     /// The idle range with the most leads left, if it has at least `min`.
     fn fullest_idle(&self, min: f64) -> Option<usize> {
-        let d = self.density;
+        let d = self.est();
         self.map
             .iter()
             .filter(|(_, r)| r.idle() && r.span() >= 2)
@@ -432,21 +462,23 @@ impl Ranges {
         while self.map.len() < want {
             let Some(k) = self.fullest_idle(2.0 * PAGE as f64) else { return };
             self.split(k);
+            self.splits[0] += 1;
         }
     }
 
     /// Cursor steps worth sending now.
     fn ready(&self) -> usize {
-        let d = self.density;
+        let d = self.est();
         self.map.values().map(|r| worth(r, r.left(d), self.margin)).sum()
     }
 
     /// Near the end of a run: splits the idle ranges with the most leads left until `need` more cursor steps are
     /// worth sending, or no range is worth splitting. A split costs about half a page; a thin request, a request.
     fn split_for(&mut self, mut need: usize) {
-        let d = self.density;
+        let d = self.est();
         while need > 0 {
             let Some(k) = self.fullest_idle(SPLIT_MIN) else { return };
+            self.splits[2] += 1;
             let before = worth(&self.map[&k], self.map[&k].left(d), self.margin);
             let upper = self.next_key;
             self.split(k);
@@ -456,29 +488,43 @@ impl Ranges {
         }
     }
 
+    /// A request that goes out thin because nothing else is under way, at the end of a run: a thin request costs
+    /// the bucket as much as a full one, and every round trip after it is time lost. Fills it with the second
+    /// cursor of every range, and splits the ranges with the most left for more, so that this round ends as
+    /// many ranges as it can. Splits are exact as ever; the cost is rows read twice.
+    fn pad(&mut self, want: usize) {
+        self.margin = f64::NEG_INFINITY;
+        while self.ready() < want {
+            let Some(k) = self.fullest_idle(1.0) else { return };
+            self.split(k);
+            self.splits[2] += 1;
+        }
+    }
+
     /// About how many cursor steps are left to send: a page per 50 leads, and the partly filled page of each range.
     fn steps_left(&self) -> f64 {
-        let d = self.density;
+        let d = self.est();
         self.map.values().map(|r| r.left(d).max(0.0) / PAGE as f64 + if r.idle() { 0.5 } else { 0.0 }).sum()
     }
 
     /// Splits idle ranges with more than `most` leads left (two cursors read 100 per round trip), so that no range
     /// takes more round trips than the run has left.
     fn shorten(&mut self, most: f64) {
-        let d = self.density;
+        let d = self.est();
         loop {
             let Some(k) = self.fullest_idle(most.max(2.0 * PAGE as f64)) else { return };
             if self.map[&k].remaining(d) <= most {
                 return;
             }
             self.split(k);
+            self.splits[1] += 1;
         }
     }
 
     /// Takes up to `max` cursor steps, the ranges with the most leads left first (so that ranges finish together
     /// and the last requests are full too), and marks them busy.
     fn pick(&mut self, max: usize) -> Vec<(usize, Dir)> {
-        let d = self.density;
+        let d = self.est();
         let mut heap: std::collections::BinaryHeap<(Prio, std::cmp::Reverse<usize>)> = self
             .map
             .iter()
@@ -493,7 +539,8 @@ impl Ranges {
             r.busy[dir as usize] = true;
             out.push((k, dir));
             if worth(r, r.left(d), self.margin) > 0 {
-                heap.push((Prio(r.left(d)), std::cmp::Reverse(k)));
+                let tier = if self.cover { 1e12 } else { 0.0 };
+                heap.push((Prio(r.left(d) - tier), std::cmp::Reverse(k)));
             }
         }
         out
@@ -594,13 +641,23 @@ pub async fn fetch_all(
     let mut rtt = 1.0f64;
     let mut fetched = 0u64;
     let (mut batches, mut commands, mut partial, mut empty, mut dropped) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    // where the time went while work was left: waiting for the bucket, for answers (too few cursors free), for
+    // the in-flight cap, for the operating budget
+    let mut waited = [0f64; 4];
+    let run_started = std::time::Instant::now();
+    let mut last_wait: Option<(usize, std::time::Instant)> = None;
     loop {
         // launch requests while there is room and work
         let mut wake = None;
+        if let Some((why, at)) = last_wait.take() {
+            waited[why] += std::time::Instant::now().duration_since(at).as_secs_f64();
+        }
+        let mut why = 2usize;
         while inflight.len() < concurrency {
             // the method's operating budget: hold back rather than be blocked
             if let Some(wait) = client.budget().wait_before(&spec.method, inflight.len()) {
                 if !inflight.is_empty() {
+                    why = 3;
                     break; // let the requests under way finish first; their answers update the picture
                 }
                 if !client.may_pause() {
@@ -611,15 +668,28 @@ pub async fn fetch_all(
             // the bucket: put the request together when it may go, with the cursors free at that moment
             if let Some(wait) = pace.wait() {
                 wake = Some(tokio::time::Instant::now() + wait);
+                why = 0;
                 break;
             }
             // How many round trips are left: the requests still needed, paced by the bucket beyond the room it
             // has now, or by the requests allowed in flight. No range should need more than that.
-            let requests_left = ranges.steps_left() / BATCH as f64;
+            // the probe's count says how many leads are left in all (leads changing meanwhile make it a guess)
+            // The ranges' own estimates run low (a range's first pages often start in a hole of deleted leads, and
+            // holes are much of the ID space); the probe's count tells how many leads are left in all (a guess once
+            // leads change), so all estimates are scaled to it.
+            ranges.scale = 1.0;
+            let estimated = ranges.steps_left();
+            let counted = total.map(|t| (t as f64 - fetched as f64) / PAGE as f64 - (BATCH * inflight.len()) as f64 + ranges.map.len() as f64 * 0.5);
+            if let Some(c) = counted.filter(|_| estimated > 0.0) {
+                ranges.scale = (c / estimated).clamp(SCALE_MIN, SCALE_MAX);
+            }
+            let steps_left = ranges.steps_left();
+            let requests_left = steps_left / BATCH as f64;
             let by_bucket = (requests_left - pace.room() as f64).max(0.0) / pace.rate;
             let rounds_left = (by_bucket / rtt).max(requests_left / concurrency as f64);
             ranges.margin = if rounds_left < ENDGAME_ROUNDS { 0.0 } else { MARGIN };
-            ranges.shorten(2.0 * PAGE as f64 * rounds_left.max(1.0));
+            ranges.cover = rounds_left < COVER_ROUNDS;
+            ranges.shorten(SHORTEN_ROUNDS * 2.0 * PAGE as f64 * rounds_left.max(1.0));
             // fewer than 50 steps ready: more cursors if a range is worth splitting; failing that, a thin request
             // only when nothing is under way (answers free cursors, and a request saved is half a second saved
             // once the bucket paces the run)
@@ -627,11 +697,17 @@ pub async fn fetch_all(
             if ready < BATCH {
                 ranges.split_for(BATCH - ready);
                 if ranges.ready() < BATCH && !inflight.is_empty() {
+                    why = 1;
                     break;
+                }
+                // a thin request with nothing under way: if it is about the last, make it end as much as it can
+                if ranges.ready() < BATCH && steps_left <= BATCH as f64 {
+                    ranges.pad(BATCH);
                 }
             }
             let picked = ranges.pick(BATCH);
             if picked.is_empty() {
+                why = 1;
                 break;
             }
             let mut cmds = Vec::with_capacity(picked.len());
@@ -645,14 +721,24 @@ pub async fn fetch_all(
             batches += 1;
             commands += cmds.len() as u64;
             pace.take();
-            tracing::trace!("send #{batches}: {} steps, {} in flight, {} ranges, bucket {:.1}", cmds.len(), inflight.len(), ranges.map.len(), pace.level());
+            tracing::trace!(
+                "send #{batches} at {:.2}s: {} steps, {} in flight, {} ranges, bucket {:.1}, rounds left {rounds_left:.1}, steps left {estimated:.0} (by count {:.0})",
+                run_started.elapsed().as_secs_f64(),
+                cmds.len(),
+                inflight.len(),
+                ranges.map.len(),
+                pace.level(),
+                counted.unwrap_or(-1.0)
+            );
             let client = client.clone();
+            let seq = batches;
             inflight.spawn(async move {
                 let sent = std::time::Instant::now();
                 let out = client.batch(&cmds).await;
-                (picked, snapshot, sent.elapsed(), out)
+                (picked, snapshot, sent.elapsed(), out, seq)
             });
         }
+        last_wait = Some((why, std::time::Instant::now()));
         if inflight.is_empty() {
             match wake {
                 Some(t) => {
@@ -670,7 +756,7 @@ pub async fn fetch_all(
             None => inflight.join_next().await,
         };
         let Some(joined) = joined else { continue };
-        let (picked, snapshot, took, out) = joined.map_err(|e| crate::error::Error::Internal(format!("fetch task failed: {e}")))?;
+        let (picked, snapshot, took, out, seq) = joined.map_err(|e| crate::error::Error::Internal(format!("fetch task failed: {e}")))?;
         let mut out = out?;
         if picked.len() * 2 >= BATCH {
             rtt = 0.7 * rtt + 0.3 * took.as_secs_f64();
@@ -678,6 +764,7 @@ pub async fn fetch_all(
         if let Some(e) = fatal_error(&spec, &out, 1) {
             return Err(e.into());
         }
+        let before = (partial, empty, dropped);
         let mut chunks = Vec::new();
         let mut covered = Vec::new();
         let mut page_rows = 0usize;
@@ -780,6 +867,16 @@ pub async fn fetch_all(
             }
         }
         ranges.map.retain(|_, r| !(r.done() && r.idle())); // both cursors met and nothing is under way
+        tracing::trace!(
+            "answer #{seq} at {:.2}s after {:.2}s: {} steps, {} partial, {} empty, {} rows read twice; {} ranges left",
+            run_started.elapsed().as_secs_f64(),
+            took.as_secs_f64(),
+            picked.len(),
+            partial - before.0,
+            empty - before.1,
+            dropped - before.2,
+            ranges.map.len()
+        );
         if blocked > 0 {
             client.stats().operating_blocks.fetch_add(blocked as u64, Ordering::Relaxed);
             if !client.may_pause() {
@@ -800,9 +897,16 @@ pub async fn fetch_all(
         }
     }
     tracing::debug!(
-        "planner: {batches} batch requests, {commands} list commands ({:.1} per request), {partial} partial and {empty} empty pages, {dropped} rows read twice, {} ranges in all",
+        "planner: {batches} batch requests, {commands} list commands ({:.1} per request), {partial} partial and {empty} empty pages, {dropped} rows read twice, {} ranges in all (splits: {} fan-out, {} shorten, {} fill); waited {:.1}s for the bucket, {:.1}s for answers, {:.1}s at the in-flight cap, {:.1}s for the budget",
         commands as f64 / batches.max(1) as f64,
-        ranges.next_key
+        ranges.next_key,
+        ranges.splits[0],
+        ranges.splits[1],
+        ranges.splits[2],
+        waited[0],
+        waited[1],
+        waited[2],
+        waited[3]
     );
     Ok(fetched)
 }
@@ -922,6 +1026,46 @@ mod tests {
         r.insert(Range::new(0, 120));
         r.split_for(48);
         assert_eq!(r.map.len(), 1);
+    }
+
+    #[test]
+    fn the_last_rounds_cover_every_range_before_second_steps() {
+        let mut r = Ranges::default();
+        r.insert(Range::new(0, 1_000)); // ~999 leads
+        r.insert(Range::new(2_000, 2_200)); // ~199 leads
+        r.insert(Range::new(3_000, 3_150)); // ~149 leads
+        r.cover = true;
+        let picked = r.pick(4);
+        assert_eq!(picked, vec![(0, Dir::Up), (1, Dir::Up), (2, Dir::Up), (0, Dir::Down)]);
+    }
+
+    #[test]
+    fn a_thin_last_request_is_filled_with_exact_splits() {
+        let mut r = Ranges { density: 0.5, ..Ranges::default() };
+        r.insert(Range::new(0, 400)); // ~200 leads: two cursors, no split worth it before the last request
+        r.insert(Range::new(1_000, 1_011));
+        assert_eq!(r.ready(), 3);
+        r.pad(BATCH);
+        assert!(r.ready() >= BATCH, "{}", r.ready());
+        let spans = tiles(&r);
+        let low: Vec<(i64, i64)> = spans.iter().copied().filter(|s| s.1 <= 400).collect();
+        let high: Vec<(i64, i64)> = spans.iter().copied().filter(|s| s.1 > 400).collect();
+        assert!(low.windows(2).all(|w| w[0].1 == w[1].0) && high.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!((low[0].0, low.last().unwrap().1), (1, 400));
+        assert_eq!((high[0].0, high.last().unwrap().1), (1_001, 1_011));
+        // a range whose cursors met gets no step, whatever the margin
+        let mut done = Range::new(5, 6);
+        done.busy = [true, false];
+        assert_eq!(worth(&done, -50.0, f64::NEG_INFINITY), 0);
+    }
+
+    #[test]
+    fn estimates_follow_the_count() {
+        let mut r = Ranges { density: 0.5, ..Ranges::default() };
+        r.insert(Range::new(0, 1_001));
+        assert_eq!(r.steps_left(), 10.5);
+        r.scale = 1.5;
+        assert_eq!(r.steps_left(), 15.5);
     }
 
     #[test]
