@@ -4,29 +4,46 @@
 //! when complete and synced). The export moves finished files into the output's staging area at each checkpoint
 //! and publishes them into the dataset only after the whole run succeeded ([`output`], `export.rs`).
 //!
-//! Memory: rows are buffered per partition as Arrow batches (compact, exactly measurable). A partition's buffer
-//! becomes a row group when it reaches `row_group_rows`, or — when all buffers together pass `memory_budget` —
-//! the largest buffer is written out early. Only a few Parquet writers are open at once (each holds encoder
-//! state for every column, which is what made "one open writer per partition" grow with the data), so memory is
-//! bounded by the budget, whatever the number of leads or partitions. The price of a small budget is more,
-//! smaller files per partition.
+//! Work is split in two: the caller's thread routes rows to their partitions (one sorted copy of each batch,
+//! a slice per partition); a small pool of encoder threads (one per core) encodes and compresses Parquet. Every
+//! partition belongs to one encoder, which owns that partition's open file and spill file, so the files of
+//! several partitions are encoded in parallel while each file is written in order by one thread.
+//!
+//! Row groups: a partition's rows become one row group when they reach `row_group_rows`, or when its file is
+//! finished (at a checkpoint and at the end). Rows wait in memory, as Arrow, up to `memory_budget` for all
+//! partitions together (counting the rows being encoded); beyond it the oldest batches are freed by moving the
+//! waiting rows of every partition they touch to that partition's spill file on local disk (Arrow buffers as
+//! they are, `.spill/` under the spool), which is read back, a batch at a time, into the next row group. Pages
+//! of a real run interleave 50-record chunks of many ID ranges, so every month gets rows all through the run:
+//! without the spill, a bounded memory meant row groups of a few hundred rows per partition, and the footer
+//! metadata of thousands of row groups grew with the data. Queues to the encoders are bounded (two jobs each)
+//! and the caller waits while the budget is spent on rows being encoded. Only a few Parquet files are open at
+//! once (`max_open_files`, the least recently used is finished first).
+//!
+//! Encodings: zstd(3), row-group statistics, a bloom filter on `id`, and a dictionary only for the columns where
+//! it pays (chosen once per run from the rows waiting at the first row group or spill: a column whose values are
+//! mostly distinct — IDs, timestamps, titles, phone numbers — is stored plain, which zstd compresses better
+//! than dictionary indices).
 
 pub mod manifest;
 pub mod merge;
 pub mod output;
 pub mod partition;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use arrow_array::{RecordBatch, UInt32Array};
-use arrow_schema::{Schema, SchemaRef};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
@@ -43,12 +60,14 @@ pub struct SinkConfig {
     pub partition: PartitionSpec,
     /// Rows per row group at most.
     pub row_group_rows: usize,
-    /// A file is closed and a new one started after this many rows.
+    /// A file is closed and a new one started once it holds this many rows.
     pub max_rows_per_file: u64,
-    /// Arrow bytes buffered in all partitions together before the largest buffer is written out.
+    /// Arrow bytes buffered in all partitions together, and being encoded, before buffers are written out.
     pub memory_budget: usize,
     /// Parquet files open at once; the least recently used is closed (finished) beyond that.
     pub max_open_files: usize,
+    /// Threads that encode and compress Parquet (each partition's file is written by one of them).
+    pub encoders: usize,
 }
 
 impl SinkConfig {
@@ -60,8 +79,9 @@ impl SinkConfig {
             partition,
             row_group_rows: 128 * 1024,
             max_rows_per_file: 5_000_000,
-            memory_budget: 64 << 20,
+            memory_budget: 32 << 20,
             max_open_files: 256,
+            encoders: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4),
         }
     }
 }
@@ -75,28 +95,97 @@ pub struct FileInfo {
     pub bytes: u64,
 }
 
+/// A partition as the routing thread sees it.
+#[derive(Default)]
+struct Part {
+    /// Rows waiting: slices of routed batches (with the batch's number), and their rows.
+    slices: Vec<(RecordBatch, u64)>,
+    rows: usize,
+    /// Rows of this partition in its encoder's spill file (or on their way there), not yet in a row group.
+    spilled: usize,
+    /// The encoder that owns this partition's files.
+    encoder: usize,
+    /// The open file (in its encoder): sequence number and rows sent to it.
+    open: Option<(u64, u64)>,
+    /// When the open file was last given rows.
+    last_used: u64,
+}
+
+/// A routed batch (rows sorted by partition) while any slice of it is not encoded yet.
+struct Routed {
+    bytes: usize,
+    /// Slices not yet encoded, and not yet sent to an encoder.
+    unencoded: usize,
+    waiting: usize,
+    /// The partitions it has slices in.
+    dirs: Vec<String>,
+}
+
+/// Work for an encoder. Every job is answered with one [`Done`], in order.
+enum Job {
+    /// Encodes `slices` as one row group into the file `seq` of partition `dir` (created if it is not open),
+    /// then finishes the file if `close`.
+    Write { dir: String, seq: u64, slices: Vec<(RecordBatch, u64)>, close: bool, props: Arc<WriterProperties> },
+    /// Appends `slices` to the partition's spill file (local disk), to be encoded with its next row group.
+    Spill { dir: String, slices: Vec<(RecordBatch, u64)> },
+    /// Finishes the open file of partition `dir`.
+    Close { dir: String },
+}
+
+/// An encoder's answer to a job: the routed batches whose slices it encoded, a finished file, or why it failed.
+struct Done {
+    encoded: Vec<u64>,
+    file: Option<FileInfo>,
+    error: Option<Error>,
+}
+
 struct OpenFile {
     tmp: PathBuf,
     done: PathBuf,
     rel: String,
     writer: ArrowWriter<File>,
     rows: u64,
-    last_used: u64,
+}
+
+/// What an encoder thread needs to create files.
+#[derive(Clone)]
+struct EncoderCtx {
+    spool: PathBuf,
+    /// Where this encoder keeps rows spilled from memory (its own folder under the spool's `.spill`).
+    spill_dir: PathBuf,
+    run_id: String,
+    schema: SchemaRef,
+}
+
+struct Encoder {
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 pub struct DatasetWriter {
     cfg: SinkConfig,
-    props: WriterProperties,
-    file_schema: SchemaRef,
+    /// The file properties before the per-column dictionary choice, and after it (made at the first row group).
+    base_props: WriterProperties,
+    props: Option<Arc<WriterProperties>>,
     /// Indices of the batch columns that go into files (all but a moved partition column).
     keep: Vec<usize>,
-    open: HashMap<String, OpenFile>,
-    /// Rows waiting per partition directory: (batches, rows, Arrow bytes).
-    buffered: HashMap<String, (Vec<RecordBatch>, usize, usize)>,
-    buffered_bytes: usize,
+    parts: HashMap<String, Part>,
+    /// Routed batches still held (waiting or being encoded), oldest first, and their Arrow bytes.
+    routed: HashMap<u64, Routed>,
+    order: VecDeque<u64>,
+    held_bytes: usize,
+    next_batch: u64,
+    /// Partition directories by partition key (date partitions are grouped by a number, not a string per row).
+    dir_of: HashMap<i64, String>,
+    /// Jobs sent and not answered yet.
+    jobs_out: usize,
+    open_files: usize,
     seq: u64,
     tick: u64,
     files: Vec<FileInfo>,
+    encoders: Vec<Encoder>,
+    done_rx: Receiver<Done>,
+    failed: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -110,140 +199,337 @@ impl DatasetWriter {
         // the schema's metadata (columns, fingerprint) goes into the key-value metadata once, not a second time
         // inside the embedded Arrow schema of every file
         let file_schema = Arc::new(Schema::new(keep.iter().map(|&i| schema.field(i).clone()).collect::<Vec<_>>()));
-        let props = writer_properties_with(
+        let base_props = writer_properties_with(
             &cfg.run_id,
             file_schema.field_with_name("id").is_ok(),
             cfg.row_group_rows,
             metadata_kv(schema.metadata()),
         );
         std::fs::create_dir_all(&cfg.spool).map_err(io_err(&cfg.spool))?;
+        limit_malloc_arenas();
+        let ctx = EncoderCtx { spool: cfg.spool.clone(), spill_dir: PathBuf::new(), run_id: cfg.run_id.clone(), schema: file_schema };
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut encoders = Vec::new();
+        for n in 0..cfg.encoders.max(1) {
+            // two jobs queued per encoder: enough to keep it busy, and a bound on the rows in flight
+            let (tx, rx) = mpsc::sync_channel::<Job>(2);
+            let (mut ctx, done_tx) = (ctx.clone(), done_tx.clone());
+            ctx.spill_dir = cfg.spool.join(SPILL_DIR).join(n.to_string());
+            let thread = std::thread::Builder::new()
+                .name(format!("encode-{n}"))
+                .spawn(move || encoder_loop(ctx, rx, done_tx))
+                .map_err(|e| Error::Internal(format!("cannot start a thread: {e}")))?;
+            encoders.push(Encoder { jobs: Some(tx), thread: Some(thread) });
+        }
         let seq = cfg.first_seq;
         Ok(DatasetWriter {
             cfg,
-            props,
-            file_schema,
+            base_props,
+            props: None,
             keep,
-            open: HashMap::new(),
-            buffered: HashMap::new(),
-            buffered_bytes: 0,
+            parts: HashMap::new(),
+            routed: HashMap::new(),
+            order: VecDeque::new(),
+            held_bytes: 0,
+            next_batch: 0,
+            dir_of: HashMap::new(),
+            jobs_out: 0,
+            open_files: 0,
             seq,
             tick: 0,
             files: Vec::new(),
+            encoders,
+            done_rx,
+            failed: false,
         })
     }
 
     /// Writes a batch (with the full schema given to [`DatasetWriter::new`]).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.collect(false)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        match self.cfg.partition.row_dirs(batch)? {
-            None => {
-                let b = batch.project(&self.keep)?;
-                self.buffer(String::new(), b)?;
+        self.tick += 1;
+        let groups = self.route(batch)?;
+        // one copy of the batch with its rows sorted by partition; each partition gets a slice of it
+        let sorted = if groups.len() == 1 {
+            batch.project(&self.keep)?
+        } else {
+            let order: Vec<u32> = groups.iter().flat_map(|(_, rows)| rows.iter().copied()).collect();
+            arrow_select::take::take_record_batch(&batch.project(&self.keep)?, &UInt32Array::from(order))?
+        };
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let bytes = sorted.get_array_memory_size();
+        let mut at = 0;
+        let mut dirs = Vec::with_capacity(groups.len());
+        let mut full = Vec::new();
+        let encoders = self.encoders.len();
+        for (dir, rows) in groups {
+            let slice = sorted.slice(at, rows.len());
+            at += rows.len();
+            let next = self.parts.len();
+            let part = self.parts.entry(dir.clone()).or_insert_with(|| Part { encoder: next % encoders, ..Part::default() });
+            part.rows += slice.num_rows();
+            part.slices.push((slice, id));
+            if part.rows + part.spilled >= self.cfg.row_group_rows {
+                full.push(dir.clone());
             }
-            Some(dirs) => {
-                let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
-                let mut index: HashMap<&str, usize> = HashMap::new();
-                for (row, d) in dirs.iter().enumerate() {
-                    let g = *index.entry(d.as_str()).or_insert_with(|| {
-                        groups.push((d.clone(), Vec::new()));
-                        groups.len() - 1
-                    });
-                    groups[g].1.push(row as u32);
-                }
-                for (dir, rows) in groups {
-                    let part = if rows.len() == batch.num_rows() {
-                        batch.clone()
-                    } else {
-                        arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))?
-                    };
-                    let b = part.project(&self.keep)?;
-                    self.buffer(dir, b)?;
-                }
-            }
+            dirs.push(dir);
+        }
+        self.routed.insert(id, Routed { bytes, unencoded: dirs.len(), waiting: dirs.len(), dirs });
+        self.order.push_back(id);
+        self.held_bytes += bytes;
+        for dir in full {
+            self.dispatch(&dir, false)?;
         }
         self.enforce_budget()
     }
 
-    fn buffer(&mut self, dir: String, batch: RecordBatch) -> Result<()> {
-        let bytes = batch.get_array_memory_size();
-        let entry = self.buffered.entry(dir.clone()).or_default();
-        entry.1 += batch.num_rows();
-        entry.2 += bytes;
-        entry.0.push(batch);
-        self.buffered_bytes += bytes;
-        if entry.1 >= self.cfg.row_group_rows {
-            self.spill(&dir)?;
-        }
-        Ok(())
-    }
-
-    /// Writes a partition's buffered rows as one row group.
-    fn spill(&mut self, dir: &str) -> Result<()> {
-        let Some((batches, _, bytes)) = self.buffered.remove(dir) else { return Ok(()) };
-        self.buffered_bytes -= bytes;
-        for b in &batches {
-            self.write_to(dir.to_string(), b)?;
-        }
-        if let Some(f) = self.open.get_mut(dir) {
-            f.writer.flush().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
-        }
-        Ok(())
-    }
-
-    fn write_to(&mut self, dir: String, batch: &RecordBatch) -> Result<()> {
-        self.tick += 1;
-        if !self.open.contains_key(&dir) {
-            if self.open.len() >= self.cfg.max_open_files {
-                let lru = self.open.iter().min_by_key(|(_, f)| f.last_used).map(|(k, _)| k.clone()).expect("non-empty");
-                self.close(&lru)?;
+    /// The partition directory of every row, grouped: (directory, rows in batch order), in order of first
+    /// appearance.
+    fn route(&mut self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>> {
+        use chrono::Datelike;
+        let PartitionSpec::DateCreate(grain) = self.cfg.partition else {
+            let Some(dirs) = self.cfg.partition.row_dirs(batch)? else {
+                return Ok(vec![(String::new(), (0..batch.num_rows() as u32).collect())]);
+            };
+            let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+            let mut index: HashMap<&str, usize> = HashMap::new();
+            for (row, d) in dirs.iter().enumerate() {
+                let g = *index.entry(d.as_str()).or_insert_with(|| {
+                    groups.push((d.clone(), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].1.push(row as u32);
             }
-            let f = self.create(&dir)?;
-            self.open.insert(dir.clone(), f);
+            return Ok(groups);
+        };
+        // a number per row that tells the partitions apart (year, month or day of DATE_CREATE in UTC; NULL
+        // and out-of-range values alike); the directory name is formatted once per partition
+        let name = self.cfg.partition.source_field().expect("partitioned").to_ascii_lowercase();
+        let col = batch.column_by_name(&name).ok_or_else(|| Error::Internal(format!("partition column {name} is not in the batch")))?;
+        let ts = col
+            .as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+            .ok_or_else(|| Error::Internal("date_create is not a timestamp".into()))?;
+        let key = |i: usize| -> i64 {
+            if ts.is_null(i) {
+                return i64::MIN;
+            }
+            match chrono::DateTime::from_timestamp_micros(ts.value(i)) {
+                None => i64::MIN,
+                Some(d) => match grain {
+                    partition::Grain::Year => d.year() as i64,
+                    partition::Grain::Month => d.year() as i64 * 16 + d.month() as i64,
+                    partition::Grain::Day => d.date_naive().num_days_from_ce() as i64,
+                },
+            }
+        };
+        let mut groups: Vec<(i64, Vec<u32>)> = Vec::new();
+        let mut last = usize::MAX;
+        for row in 0..batch.num_rows() {
+            let k = key(row);
+            if last == usize::MAX || groups[last].0 != k {
+                last = groups.iter().position(|(g, _)| *g == k).unwrap_or_else(|| {
+                    groups.push((k, Vec::new()));
+                    groups.len() - 1
+                });
+            }
+            groups[last].1.push(row as u32);
         }
-        let f = self.open.get_mut(&dir).expect("open");
-        f.last_used = self.tick;
-        f.writer.write(batch).map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
-        f.rows += batch.num_rows() as u64;
-        if f.rows >= self.cfg.max_rows_per_file {
-            self.close(&dir)?;
+        let mut out = Vec::with_capacity(groups.len());
+        for (k, rows) in groups {
+            let dir = match self.dir_of.get(&k) {
+                Some(d) => d.clone(),
+                None => {
+                    let one = batch.slice(rows[0] as usize, 1);
+                    let d = self.cfg.partition.row_dirs(&one)?.and_then(|d| d.into_iter().next()).unwrap_or_default();
+                    self.dir_of.insert(k, d.clone());
+                    d
+                }
+            };
+            out.push((dir, rows));
+        }
+        Ok(out)
+    }
+
+    /// Sends a partition's waiting rows to its encoder as one row group; with `close`, its file is finished
+    /// afterwards (also when no rows wait).
+    fn dispatch(&mut self, dir: &str, close: bool) -> Result<()> {
+        self.choose_props();
+        let tick = self.tick;
+        let part = self.parts.get_mut(dir).expect("known partition");
+        let slices = std::mem::take(&mut part.slices);
+        let rows = std::mem::take(&mut part.rows) + std::mem::take(&mut part.spilled);
+        for (_, id) in &slices {
+            if let Some(r) = self.routed.get_mut(id) {
+                r.waiting -= 1;
+            }
+        }
+        let encoder = part.encoder;
+        let job = if rows > 0 {
+            let seq = match part.open {
+                Some((seq, _)) => seq,
+                None => {
+                    self.seq += 1;
+                    self.open_files += 1;
+                    part.open = Some((self.seq, 0));
+                    self.seq
+                }
+            };
+            let (_, file_rows) = part.open.as_mut().expect("open");
+            *file_rows += rows as u64;
+            part.last_used = tick;
+            let close = close || *file_rows >= self.cfg.max_rows_per_file;
+            if close {
+                part.open = None;
+                self.open_files -= 1;
+            }
+            let props = self.props.clone().unwrap_or_else(|| Arc::new(self.base_props.clone()));
+            Job::Write { dir: dir.to_string(), seq, slices, close, props }
+        } else if close && part.open.is_some() {
+            part.open = None;
+            self.open_files -= 1;
+            Job::Close { dir: dir.to_string() }
+        } else {
+            return Ok(());
+        };
+        self.send(encoder, job)?;
+        // too many open files: finish the least recently used (not the one just written)
+        while self.open_files > self.cfg.max_open_files {
+            let lru = self
+                .parts
+                .iter()
+                .filter(|(d, p)| p.open.is_some() && d.as_str() != dir)
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(d, _)| d.clone());
+            let Some(lru) = lru else { break };
+            let p = self.parts.get_mut(&lru).expect("known");
+            p.open = None;
+            self.open_files -= 1;
+            let encoder = p.encoder;
+            self.send(encoder, Job::Close { dir: lru })?;
         }
         Ok(())
     }
 
-    fn create(&mut self, dir: &str) -> Result<OpenFile> {
-        self.seq += 1;
-        let name = format!("part-{}-{:05}.parquet", self.cfg.run_id, self.seq);
-        let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-        let tmp = self.cfg.spool.join(format!("{rel}.tmp"));
-        let done = self.cfg.spool.join(&rel);
-        if let Some(folder) = tmp.parent() {
-            std::fs::create_dir_all(folder).map_err(io_err(folder))?;
+    /// At the first row group or spill: the dictionary columns, chosen from all rows waiting now.
+    fn choose_props(&mut self) {
+        if self.props.is_none() {
+            let sample: Vec<&RecordBatch> = self.parts.values().flat_map(|p| p.slices.iter().map(|(b, _)| b)).collect();
+            if !sample.is_empty() {
+                self.props = Some(Arc::new(choose_dictionaries(self.base_props.clone(), &sample)));
+            }
         }
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let writer = ArrowWriter::try_new(file, self.file_schema.clone(), Some(self.props.clone()))
-            .map_err(|e| Error::Parquet { path: tmp.clone(), source: e })?;
-        Ok(OpenFile { tmp, done, rel, writer, rows: 0, last_used: self.tick })
     }
 
-    /// Writes out the largest buffers until all buffers together fit the budget.
+    /// Sends a partition's waiting rows to its encoder's spill file: memory is freed without cutting a small
+    /// row group.
+    fn spill(&mut self, dir: &str) -> Result<()> {
+        self.choose_props();
+        let part = self.parts.get_mut(dir).expect("known partition");
+        if part.rows == 0 {
+            return Ok(());
+        }
+        let slices = std::mem::take(&mut part.slices);
+        part.spilled += std::mem::take(&mut part.rows);
+        for (_, id) in &slices {
+            if let Some(r) = self.routed.get_mut(id) {
+                r.waiting -= 1;
+            }
+        }
+        let encoder = part.encoder;
+        self.send(encoder, Job::Spill { dir: dir.to_string(), slices })
+    }
+
+    fn send(&mut self, encoder: usize, job: Job) -> Result<()> {
+        let mut job = job;
+        // a full queue: take answers while waiting, so the budget sees the rows already encoded
+        loop {
+            let tx = self.encoders[encoder].jobs.as_ref().expect("running");
+            match tx.try_send(job) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(j)) => {
+                    job = j;
+                    self.wait_one()?;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    self.failed = true;
+                    return Err(Error::Internal("a Parquet encoder thread stopped".into()));
+                }
+            }
+        }
+        self.jobs_out += 1;
+        Ok(())
+    }
+
+    fn take(&mut self, d: Done) -> Result<()> {
+        self.jobs_out -= 1;
+        for id in d.encoded {
+            let Some(r) = self.routed.get_mut(&id) else { continue };
+            r.unencoded -= 1;
+            if r.unencoded == 0 {
+                self.held_bytes -= r.bytes;
+                self.routed.remove(&id);
+            }
+        }
+        if let Some(f) = d.file {
+            self.files.push(f);
+        }
+        match d.error {
+            Some(e) => {
+                self.failed = true;
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for one answer of an encoder.
+    fn wait_one(&mut self) -> Result<()> {
+        let d = self.done_rx.recv().map_err(|_| Error::Internal("the Parquet encoder threads stopped".into()))?;
+        self.take(d)
+    }
+
+    /// Takes the encoders' answers so far; with `all`, waits for every job sent.
+    fn collect(&mut self, all: bool) -> Result<()> {
+        if self.failed {
+            return Err(Error::Internal("the Parquet writer failed earlier".into()));
+        }
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.take(d)?;
+        }
+        while all && self.jobs_out > 0 {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    /// Over the budget: the oldest routed batches are freed by sending every partition that holds a slice of
+    /// them to the encoders, until a quarter of the budget is free; then waits while the rows being encoded
+    /// still exceed it. Partitions that no longer get rows (months in the past) thus become one row group each.
     fn enforce_budget(&mut self) -> Result<()> {
-        while self.buffered_bytes > self.cfg.memory_budget {
-            let Some(dir) = self.buffered.iter().max_by_key(|(_, b)| b.2).map(|(k, _)| k.clone()) else { break };
-            self.spill(&dir)?;
+        let budget = self.cfg.memory_budget;
+        if self.held_bytes <= budget {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    fn close(&mut self, dir: &str) -> Result<()> {
-        let Some(f) = self.open.remove(dir) else { return Ok(()) };
-        let file = f.writer.into_inner().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
-        file.sync_all().map_err(io_err(&f.tmp))?;
-        let bytes = file.metadata().map_err(io_err(&f.tmp))?.len();
-        drop(file);
-        std::fs::rename(&f.tmp, &f.done).map_err(io_err(&f.done))?;
-        self.files.push(FileInfo { path: f.rel, rows: f.rows, bytes });
+        let mut freeing = 0;
+        while self.held_bytes - freeing.min(self.held_bytes) > budget / 4 * 3 {
+            let Some(&id) = self.order.front() else { break };
+            let Some(r) = self.routed.get(&id).filter(|r| r.waiting > 0) else {
+                self.order.pop_front(); // all its slices are encoded or being encoded
+                continue;
+            };
+            freeing += r.bytes;
+            let dirs = r.dirs.clone();
+            for d in dirs {
+                self.spill(&d)?;
+            }
+        }
+        while self.jobs_out > 0 && self.held_bytes > budget {
+            self.wait_one()?;
+        }
         Ok(())
     }
 
@@ -255,17 +541,18 @@ impl DatasetWriter {
     /// Writes every buffered row and closes every file: afterwards, all rows given so far are in the finished
     /// files returned (those finished since the last call). Writing may go on; new files are started.
     pub fn flush_files(&mut self) -> Result<Vec<FileInfo>> {
-        let mut pending: Vec<String> = self.buffered.keys().cloned().collect();
-        pending.sort();
-        for d in pending {
-            self.spill(&d)?;
-            self.close(&d)?; // this partition is complete: don't keep its writer around
-        }
-        let dirs: Vec<String> = self.open.keys().cloned().collect();
+        self.collect(false)?;
+        let mut dirs: Vec<String> =
+            self.parts.iter().filter(|(_, p)| p.rows + p.spilled > 0 || p.open.is_some()).map(|(d, _)| d.clone()).collect();
+        dirs.sort();
         for d in dirs {
-            self.close(&d)?;
+            self.dispatch(&d, true)?;
         }
-        Ok(std::mem::take(&mut self.files))
+        self.collect(true)?;
+        self.order.clear();
+        let mut files = std::mem::take(&mut self.files);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
     }
 
     /// Closes every file and returns the files finished since the last [`DatasetWriter::flush_files`].
@@ -274,15 +561,402 @@ impl DatasetWriter {
     }
 
     /// Drops unfinished files (after a failed run); the caller removes the staging folder.
-    pub fn abort(mut self) {
-        for (_, f) in self.open.drain() {
-            drop(f.writer);
-            let _ = std::fs::remove_file(&f.tmp);
+    pub fn abort(self) {
+        drop(self) // the encoders remove the files still open when their queue closes
+    }
+}
+
+impl Drop for DatasetWriter {
+    fn drop(&mut self) {
+        for e in &mut self.encoders {
+            e.jobs = None;
+        }
+        for e in &mut self.encoders {
+            if let Some(t) = e.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
 
-/// The properties of every data file: ZSTD(3), page statistics, row groups of at most 131,072 rows, a bloom
+/// An encoder thread: runs jobs in order until its queue closes, then removes the files still open (a run
+/// that finished has closed them all).
+fn encoder_loop(ctx: EncoderCtx, jobs: Receiver<Job>, done: Sender<Done>) {
+    let mut open: HashMap<String, OpenFile> = HashMap::new();
+    let mut spills: HashMap<String, Spill> = HashMap::new();
+    for job in jobs {
+        let encoded: Vec<u64> = match &job {
+            Job::Write { slices, .. } | Job::Spill { slices, .. } => slices.iter().map(|(_, id)| *id).collect(),
+            Job::Close { .. } => Vec::new(),
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&ctx, &mut open, &mut spills, job)))
+            .unwrap_or_else(|_| Err(Error::Internal("a Parquet encoder panicked".into())));
+        let answer = match result {
+            Ok(file) => Done { encoded, file, error: None },
+            Err(e) => Done { encoded, file: None, error: Some(e) },
+        };
+        if done.send(answer).is_err() {
+            break;
+        }
+    }
+    for (_, f) in open.drain() {
+        drop(f.writer);
+        let _ = std::fs::remove_file(&f.tmp);
+    }
+    spills.clear();
+    let _ = std::fs::remove_dir_all(&ctx.spill_dir);
+}
+
+fn run_job(
+    ctx: &EncoderCtx,
+    open: &mut HashMap<String, OpenFile>,
+    spills: &mut HashMap<String, Spill>,
+    job: Job,
+) -> Result<Option<FileInfo>> {
+    match job {
+        Job::Spill { dir, slices } => {
+            let batches: Vec<RecordBatch> = slices.into_iter().map(|(b, _)| b).collect();
+            // one compact batch: a slice still points at the whole routed batch
+            let batch = arrow_select::concat::concat_batches(&ctx.schema, &batches)?;
+            drop(batches);
+            let spill = match spills.entry(dir) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    std::fs::create_dir_all(&ctx.spill_dir).map_err(io_err(&ctx.spill_dir))?;
+                    let n = SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    e.insert(Spill::create(ctx.spill_dir.join(format!("{n}.arrows")))?)
+                }
+            };
+            spill.append(&batch)?;
+            Ok(None)
+        }
+        Job::Write { dir, seq, slices, close, props } => {
+            if !open.contains_key(&dir) {
+                let f = create(ctx, &dir, seq, &props)?;
+                open.insert(dir.clone(), f);
+            }
+            let f = open.get_mut(&dir).expect("open");
+            if let Some(spill) = spills.remove(&dir) {
+                // the rows spilled earlier come first, a batch at a time, into the same row group
+                spill.replay(&ctx.schema, |b| {
+                    f.writer.write(&b).map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+                    f.rows += b.num_rows() as u64;
+                    Ok(())
+                })?;
+            }
+            for (b, _) in &slices {
+                f.writer.write(b).map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+                f.rows += b.num_rows() as u64;
+            }
+            drop(slices);
+            // one row group per job: the encoded pages leave memory now
+            f.writer.flush().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+            if close {
+                return finish_file(open.remove(&dir).expect("open")).map(Some);
+            }
+            Ok(None)
+        }
+        Job::Close { dir } => match open.remove(&dir) {
+            Some(f) => finish_file(f).map(Some),
+            None => Ok(None),
+        },
+    }
+}
+
+fn create(ctx: &EncoderCtx, dir: &str, seq: u64, props: &WriterProperties) -> Result<OpenFile> {
+    let name = format!("part-{}-{:05}.parquet", ctx.run_id, seq);
+    let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+    let tmp = ctx.spool.join(format!("{rel}.tmp"));
+    let done = ctx.spool.join(&rel);
+    if let Some(folder) = tmp.parent() {
+        std::fs::create_dir_all(folder).map_err(io_err(folder))?;
+    }
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    // no embedded Arrow schema: the Parquet types read back as the same Arrow types (timestamps as UTC), and
+    // the schema's metadata is in the key-value metadata already; it saved 8 KB per file
+    let options = parquet::arrow::arrow_writer::ArrowWriterOptions::new().with_properties(props.clone()).with_skip_arrow_metadata(true);
+    let writer = ArrowWriter::try_new_with_options(file, ctx.schema.clone(), options)
+        .map_err(|e| Error::Parquet { path: tmp.clone(), source: e })?;
+    Ok(OpenFile { tmp, done, rel, writer, rows: 0 })
+}
+
+fn finish_file(f: OpenFile) -> Result<FileInfo> {
+    let file = f.writer.into_inner().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
+    file.sync_all().map_err(io_err(&f.tmp))?;
+    let bytes = file.metadata().map_err(io_err(&f.tmp))?.len();
+    drop(file);
+    std::fs::rename(&f.tmp, &f.done).map_err(io_err(&f.done))?;
+    Ok(FileInfo { path: f.rel, rows: f.rows, bytes })
+}
+
+/// Leaf columns of a sample with many distinct values (at least [`DISTINCT_SHARE`] of their non-null values)
+/// get no dictionary: there the dictionary page repeats the values and the indices cost more than zstd saves
+/// on plain values. Measured on the simulated leads: 1,000,000 leads in 97.4 MiB with the cut at 1/2, 96.0 MiB
+/// at 1/5, 96.5 MiB at 1/20.
+fn choose_dictionaries(props: WriterProperties, sample: &[&RecordBatch]) -> WriterProperties {
+    let Some(first) = sample.first() else { return props };
+    let schema = first.schema();
+    let mut plain = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        let arrays: Vec<&dyn Array> = sample.iter().map(|b| b.column(i).as_ref()).collect();
+        mostly_distinct(&mut vec![field.name().clone()], field, &arrays, &mut plain);
+    }
+    if plain.is_empty() {
+        return props;
+    }
+    let mut b: WriterPropertiesBuilder = props.into_builder();
+    for path in plain {
+        b = b.set_column_dictionary_enabled(ColumnPath::new(path), false);
+    }
+    b.build()
+}
+
+/// Values looked at per column at most.
+const SAMPLE_VALUES: usize = 20_000;
+/// A column gets no dictionary when its distinct values are at least this share of its values.
+const DISTINCT_SHARE: f64 = 0.2;
+
+fn mostly_distinct(path: &mut Vec<String>, field: &Field, arrays: &[&dyn Array], out: &mut Vec<Vec<String>>) {
+    match field.data_type() {
+        DataType::Struct(children) => {
+            for (i, child) in children.iter().enumerate() {
+                let sub: Vec<&dyn Array> = arrays.iter().map(|a| a.as_struct().column(i).as_ref()).collect();
+                path.push(child.name().clone());
+                mostly_distinct(path, child, &sub, out);
+                path.pop();
+            }
+        }
+        DataType::List(child) => {
+            let sub: Vec<&dyn Array> = arrays.iter().map(|a| a.as_list::<i32>().values().as_ref()).collect();
+            path.extend(["list".to_string(), child.name().clone()]);
+            mostly_distinct(path, child, &sub, out);
+            path.truncate(path.len() - 2);
+        }
+        DataType::Boolean => {}
+        DataType::Utf8 => {
+            let mut seen: HashSet<&[u8]> = HashSet::new();
+            let mut values = 0usize;
+            'outer: for a in arrays {
+                let s = a.as_string::<i32>();
+                for i in 0..s.len() {
+                    if s.is_valid(i) {
+                        seen.insert(s.value(i).as_bytes());
+                        values += 1;
+                        if values >= SAMPLE_VALUES {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            if values > 0 && seen.len() as f64 >= values as f64 * DISTINCT_SHARE {
+                out.push(path.clone());
+            }
+        }
+        t if t.primitive_width().is_some() => {
+            let width = t.primitive_width().expect("fixed width");
+            let data: Vec<_> = arrays.iter().map(|a| a.to_data()).collect();
+            let mut seen: HashSet<&[u8]> = HashSet::new();
+            let mut values = 0usize;
+            'outer: for d in &data {
+                let Some(buf) = d.buffers().first() else { continue };
+                let bytes = buf.as_slice();
+                for i in 0..d.len() {
+                    if d.is_valid(i) {
+                        let at = (d.offset() + i) * width;
+                        if let Some(v) = bytes.get(at..at + width) {
+                            seen.insert(v);
+                        }
+                        values += 1;
+                        if values >= SAMPLE_VALUES {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            if values > 0 && seen.len() as f64 >= values as f64 * DISTINCT_SHARE {
+                out.push(path.clone());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// glibc gives threads their own malloc arenas (up to 8 per core). Here buffers are allocated on one thread and
+/// freed on another (pages → converters → router → encoders), so freed memory piles up in arenas that other
+/// threads never reuse: with one arena per core, the peak RSS of converting 1,000,000 leads fell from 229–252 to
+/// 203–206 MiB (and from 211 to 191 MiB at 200,000), at the same CPU time. Set once per process, before the
+/// encoders start.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            extern "C" {
+                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+            }
+            const M_ARENA_MAX: std::ffi::c_int = -8;
+            let arenas = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+            // SAFETY: mallopt only sets a glibc allocator parameter; it is thread-safe and has no other effect
+            unsafe {
+                mallopt(M_ARENA_MAX, arenas as std::ffi::c_int);
+            }
+        });
+    }
+}
+
+/// The folder (under the spool) where encoders spill rows that wait for their row group.
+const SPILL_DIR: &str = ".spill";
+
+/// Spill files of this process, numbered.
+static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Rows of one partition spilled to local disk: Arrow buffers as they are in memory, batch after batch, read
+/// back once into the partition's next row group and then deleted. Rows thus wait on disk, not in memory, and
+/// a partition that gets rows all through a run still becomes one row group (up to `row_group_rows`).
+struct Spill {
+    path: PathBuf,
+    out: std::io::BufWriter<File>,
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Spill {
+    fn create(path: PathBuf) -> Result<Spill> {
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(io_err(&path))?;
+        Ok(Spill { out: std::io::BufWriter::with_capacity(1 << 20, file), path })
+    }
+
+    fn append(&mut self, batch: &RecordBatch) -> Result<()> {
+        use std::io::Write;
+        let mut put = |bytes: &[u8]| self.out.write_all(bytes);
+        let r = (|| {
+            put(&(batch.num_rows() as u64).to_le_bytes())?;
+            for col in batch.columns() {
+                write_data(&mut put, &col.to_data())?;
+            }
+            Ok(())
+        })();
+        r.map_err(io_err(&self.path))
+    }
+
+    /// Reads the batches back in order, hands each to `f`, and deletes the file.
+    fn replay(mut self, schema: &SchemaRef, mut f: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+        use std::io::{Read, Seek, Write};
+        self.out.flush().map_err(io_err(&self.path))?;
+        let file = self.out.get_mut();
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io_err(&self.path))?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, &*file);
+        loop {
+            let mut rows = [0u8; 8];
+            match r.read_exact(&mut rows) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(Error::io(&self.path, e)),
+            }
+            let rows = u64::from_le_bytes(rows) as usize;
+            let mut columns = Vec::with_capacity(schema.fields().len());
+            for field in schema.fields() {
+                let data = read_data(&mut r, field.data_type()).map_err(io_err(&self.path))?;
+                columns.push(arrow_array::make_array(data));
+            }
+            let batch = RecordBatch::try_new_with_options(
+                schema.clone(),
+                columns,
+                &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows)),
+            )?;
+            f(batch)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_data(put: &mut impl FnMut(&[u8]) -> std::io::Result<()>, data: &arrow_data::ArrayData) -> std::io::Result<()> {
+    put(&(data.len() as u64).to_le_bytes())?;
+    put(&(data.offset() as u64).to_le_bytes())?;
+    match data.nulls() {
+        Some(n) => {
+            let bits = n.inner();
+            put(&[1])?;
+            put(&(bits.offset() as u64).to_le_bytes())?;
+            put(&(bits.len() as u64).to_le_bytes())?;
+            put(&(bits.inner().len() as u64).to_le_bytes())?;
+            put(bits.inner().as_slice())?;
+        }
+        None => put(&[0])?,
+    }
+    put(&(data.buffers().len() as u64).to_le_bytes())?;
+    for b in data.buffers() {
+        put(&(b.len() as u64).to_le_bytes())?;
+        put(b.as_slice())?;
+    }
+    put(&(data.child_data().len() as u64).to_le_bytes())?;
+    for c in data.child_data() {
+        write_data(put, c)?;
+    }
+    Ok(())
+}
+
+fn read_u64(r: &mut impl std::io::Read) -> std::io::Result<usize> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b) as usize)
+}
+
+fn read_buffer(r: &mut impl std::io::Read) -> std::io::Result<arrow_buffer::Buffer> {
+    let len = read_u64(r)?;
+    // zeroed and 64-byte aligned, as Arrow wants its buffers
+    let mut b = arrow_buffer::MutableBuffer::from_len_zeroed(len);
+    r.read_exact(b.as_slice_mut())?;
+    Ok(b.into())
+}
+
+fn read_data(r: &mut impl std::io::Read, data_type: &DataType) -> std::io::Result<arrow_data::ArrayData> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let len = read_u64(r)?;
+    let offset = read_u64(r)?;
+    let mut flag = [0u8; 1];
+    r.read_exact(&mut flag)?;
+    let nulls = if flag[0] == 1 {
+        // a null buffer has its own offset and length (the array's offset applies to the other buffers)
+        let bit_offset = read_u64(r)?;
+        let bit_len = read_u64(r)?;
+        let bytes = read_buffer(r)?;
+        if bit_offset + bit_len > bytes.len() * 8 {
+            return Err(bad("spill file: a null buffer is too short".into()));
+        }
+        let bits = arrow_buffer::BooleanBuffer::new(bytes, bit_offset, bit_len);
+        Some(arrow_buffer::NullBuffer::new(bits))
+    } else {
+        None
+    };
+    let n = read_u64(r)?;
+    let buffers = (0..n).map(|_| read_buffer(r)).collect::<std::io::Result<Vec<_>>>()?;
+    let child_types: Vec<&DataType> = match data_type {
+        DataType::Struct(fields) => fields.iter().map(|f| f.data_type()).collect(),
+        DataType::List(f) | DataType::LargeList(f) => vec![f.data_type()],
+        _ => Vec::new(),
+    };
+    let n = read_u64(r)?;
+    if n != child_types.len() {
+        return Err(bad(format!("spill file: {n} children for {data_type}")));
+    }
+    let children = child_types.into_iter().map(|t| read_data(r, t)).collect::<std::io::Result<Vec<_>>>()?;
+    arrow_data::ArrayData::builder(data_type.clone())
+        .len(len)
+        .offset(offset)
+        .nulls(nulls)
+        .buffers(buffers)
+        .child_data(children)
+        .build()
+        .map_err(|e| bad(format!("spill file: {e}")))
+}
+
+/// The properties of every data file: ZSTD(3), row-group statistics, row groups of at most 131,072 rows, a bloom
 /// filter on `id`, the tool and run id in the metadata.
 pub fn writer_properties(run_id: &str, has_id: bool, kv: Vec<KeyValue>) -> WriterProperties {
     writer_properties_with(run_id, has_id, 128 * 1024, kv)
@@ -303,7 +977,12 @@ fn writer_properties_with(run_id: &str, has_id: bool, row_group_rows: usize, mut
     kv.push(KeyValue::new("b24_export.run_id".into(), run_id.to_string()));
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // row-group statistics (min/max cut to 24 bytes) and the bloom filter on `id`, no page index (column and
+        // offset index): a partition's column chunk is mostly one page, where a page index only repeats the
+        // chunk's statistics and offset (~5 KB per file, as much as 200,000 leads' files differ from DuckDB's)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_statistics_truncate_length(Some(24))
+        .set_offset_index_disabled(true)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_created_by(format!("b24-export {}", env!("CARGO_PKG_VERSION")))
         .set_key_value_metadata(Some(kv));
@@ -405,5 +1084,48 @@ mod tests {
         assert!(names.iter().any(|n| n.contains("status_id=C2%3ANEW%2Fx/")));
         assert!(names.iter().any(|n| n.contains(&format!("status_id={}/", partition::HIVE_NULL))));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn spilled_rows_read_back_equal_with_nested_columns_nulls_and_slices() {
+        use crate::sim::data::{fields_metadata, generate_ids, lead_truth, render_lead, Encoding, IdLayout};
+        let cols = crate::schema::build_columns(&fields_metadata(), None, &[]).unwrap();
+        let schema = crate::schema::arrow_schema(&cols);
+        let ids = generate_ids(300, 7, IdLayout::Realistic);
+        let chunks: Vec<Box<serde_json::value::RawValue>> = ids
+            .chunks(50)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let rows: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &id)| serde_json::Value::Object(render_lead(&lead_truth(7, id, c * 50 + k, 300), id, &Encoding::default(), |_| true)))
+                    .collect();
+                serde_json::value::RawValue::from_string(serde_json::Value::Array(rows).to_string()).unwrap()
+            })
+            .collect();
+        let (batch, _) = crate::convert::convert_page(&chunks, 300, &cols, &schema, false).unwrap();
+        // slices and a take, as the router makes them: buffers with offsets, nested lists of structs, nulls
+        let parts = [batch.slice(0, 120), batch.slice(120, 1), batch.slice(121, 179)];
+        let dir = std::env::temp_dir().join(format!("b24-spill-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spill = Spill::create(dir.join("0.arrows")).unwrap();
+        for p in &parts {
+            let compact = arrow_select::concat::concat_batches(&schema, [p]).unwrap();
+            spill.append(&compact).unwrap();
+        }
+        spill.append(&parts[2]).unwrap(); // a slice as it is (offsets into bigger buffers)
+        let mut back = Vec::new();
+        spill.replay(&schema, |b| {
+            back.push(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back.len(), 4);
+        for (got, want) in back.iter().zip(parts.iter().chain([&parts[2]])) {
+            assert_eq!(got, want);
+        }
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "the spill file is deleted after its replay");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
