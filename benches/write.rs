@@ -85,6 +85,7 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 }
 
 fn main() {
+    b24_export::sink::limit_malloc_arenas(); // as the binary does
     let n: usize = env("B24_BENCH_LEADS").unwrap_or(200_000);
     let rounds: usize = env("B24_BENCH_ROUNDS").unwrap_or(3);
     let ranges: usize = env::<usize>("B24_BENCH_RANGES").unwrap_or(32).max(1);
@@ -92,7 +93,7 @@ fn main() {
         .ok()
         .map(|s| s.parse().expect("B24_BENCH_PARTITION"))
         .unwrap_or_default();
-    let cols = build_columns(&fields_metadata(), None, &[]).expect("columns");
+    let cols = build_columns(b24_export::entity::Entity::Lead, &fields_metadata(), None, &[]).expect("columns");
     let schema = arrow_schema(&cols);
     let t = Instant::now();
     let batches: Vec<_> =

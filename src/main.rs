@@ -32,6 +32,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 }
 
 fn main() -> ExitCode {
+    b24_export::sink::limit_malloc_arenas();
     install_panic_redaction();
     // register webhook codes before anything can echo them, including the argument parser's own errors
     for arg in std::env::args() {

@@ -206,7 +206,6 @@ impl DatasetWriter {
             metadata_kv(schema.metadata()),
         );
         std::fs::create_dir_all(&cfg.spool).map_err(io_err(&cfg.spool))?;
-        limit_malloc_arenas();
         let ctx = EncoderCtx { spool: cfg.spool.clone(), spill_dir: PathBuf::new(), run_id: cfg.run_id.clone(), schema: file_schema };
         let (done_tx, done_rx) = mpsc::channel();
         let mut encoders = Vec::new();
@@ -781,12 +780,12 @@ fn mostly_distinct(path: &mut Vec<String>, field: &Field, arrays: &[&dyn Array],
     }
 }
 
-/// glibc gives threads their own malloc arenas (up to 8 per core). Here buffers are allocated on one thread and
-/// freed on another (pages → converters → router → encoders), so freed memory piles up in arenas that other
+/// glibc gives threads their own malloc arenas (up to 8 per core). The pipeline allocates buffers on one thread and
+/// frees them on another (pages → converters → router → encoders), so freed memory piles up in arenas that other
 /// threads never reuse: with one arena per core, the peak RSS of converting 1,000,000 leads fell from 229–252 to
-/// 203–206 MiB (and from 211 to 191 MiB at 200,000), at the same CPU time. Set once per process, before the
-/// encoders start.
-fn limit_malloc_arenas() {
+/// 203–206 MiB (and from 211 to 191 MiB at 200,000), at the same CPU time. A process-wide setting: the binary
+/// (and the writer benchmark) call it once at start, before any thread.
+pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -1089,7 +1088,7 @@ mod tests {
     #[test]
     fn spilled_rows_read_back_equal_with_nested_columns_nulls_and_slices() {
         use crate::sim::data::{fields_metadata, generate_ids, lead_truth, render_lead, Encoding, IdLayout};
-        let cols = crate::schema::build_columns(&fields_metadata(), None, &[]).unwrap();
+        let cols = crate::schema::build_columns(crate::entity::Entity::Lead, &fields_metadata(), None, &[]).unwrap();
         let schema = crate::schema::arrow_schema(&cols);
         let ids = generate_ids(300, 7, IdLayout::Realistic);
         let chunks: Vec<Box<serde_json::value::RawValue>> = ids
