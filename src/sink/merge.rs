@@ -81,7 +81,7 @@ impl parquet::file::reader::ChunkReader for Sparse {
 }
 
 /// The footer and the column chunks of `columns` of a snapshot file: what the index needs, a fraction of the file
-/// (on S3, three ranged requests instead of a download of the whole file).
+/// (on S3, a HEAD and two or three ranged reads instead of a download of the whole file).
 async fn read_columns(out: &Output, dataset: &str, f: &ManifestFile, columns: &[&str]) -> Result<Sparse> {
     let key = format!("{dataset}/{}", f.path);
     let missing = || {
