@@ -243,17 +243,5 @@ fn deals_merge_incrementally_and_partition_by_stage() {
 }
 
 fn walk_parquet(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
+    files_under(dir).iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).map(|p| p.to_string_lossy().into_owned()).collect()
 }

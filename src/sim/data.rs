@@ -104,13 +104,13 @@ pub struct FieldDef {
     pub listed: bool,
 }
 
-const fn f(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
+pub(super) const fn f(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
     FieldDef { name, ftype, multiple: false, read_only: false, title, listed: true }
 }
-const fn ro(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
+pub(super) const fn ro(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
     FieldDef { name, ftype, multiple: false, read_only: true, title, listed: true }
 }
-const fn multi(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
+pub(super) const fn multi(name: &'static str, ftype: FType, title: &'static str) -> FieldDef {
     FieldDef { name, ftype, multiple: true, read_only: false, title, listed: true }
 }
 

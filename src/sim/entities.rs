@@ -7,18 +7,9 @@
 //! References between entities stay inside the generated ID ranges: a deal's COMPANY_ID and CONTACT_ID, a
 //! contact's COMPANY_ID and a lead's CONTACT_ID point at records of the same portal (or 0/null), so joins work.
 
-use super::data::{self, FType::*, FieldDef, Multi, Rng, Truth};
+use super::data::{self, f, multi, ro, FType::*, FieldDef, Multi, Rng, Truth};
 use crate::entity::Entity;
 
-const fn f(name: &'static str, ftype: data::FType, title: &'static str) -> FieldDef {
-    FieldDef { name, ftype, multiple: false, read_only: false, title, listed: true }
-}
-const fn ro(name: &'static str, ftype: data::FType, title: &'static str) -> FieldDef {
-    FieldDef { name, ftype, multiple: false, read_only: true, title, listed: true }
-}
-const fn multi(name: &'static str, ftype: data::FType, title: &'static str) -> FieldDef {
-    FieldDef { name, ftype, multiple: true, read_only: false, title, listed: true }
-}
 /// Listed by `crm.<entity>.fields` but not returned by the list method.
 const fn unlisted(name: &'static str, ftype: data::FType, title: &'static str) -> FieldDef {
     FieldDef { name, ftype, multiple: true, read_only: false, title, listed: false }

@@ -169,8 +169,8 @@ pub fn compare_record(fields: &[FieldDef], row: &serde_json::Map<String, Value>,
     bad
 }
 
-/// Every byte of every file under `dir` — to check that no secret was written.
-pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -179,11 +179,16 @@ pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.extend(std::fs::read(&p).unwrap());
+                out.push(p);
             }
         }
     }
     out
+}
+
+/// Every byte of every file under `dir` — to check that no secret was written.
+pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
+    files_under(dir).iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 pub fn contains(hay: &[u8], needle: &str) -> bool {
