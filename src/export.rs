@@ -265,7 +265,7 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The progress of a run, saved under `OUT/.b24-staging/<run id>/checkpoint.json`: which IDs are done and which
+/// The progress of a run, saved under `OUT/.b24-staging/<dataset>/<run id>/checkpoint.json`: which IDs are done and which
 /// staged files hold them. Everything it lists is complete; anything else in the run's staging area is not.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Checkpoint {
