@@ -402,21 +402,22 @@ pub fn export_options(a: &ExportArgs, progress: bool) -> Result<Vec<ExportOption
             )));
         }
     }
-    let one = export_options_for(a, progress, entities[0], partition.clone())?;
+    let one = export_options_for(a, progress, entities[0])?;
     Ok(entities
         .iter()
         .map(|e| ExportOptions { entity: *e, partition: partition.clone().unwrap_or_else(|| e.default_partition()), ..one.clone() })
         .collect())
 }
 
-fn export_options_for(a: &ExportArgs, progress: bool, entity: Entity, partition: Option<PartitionSpec>) -> Result<ExportOptions> {
+/// The options of one entity's run, with that entity's default partitioning (`export_options` sets both per entity).
+fn export_options_for(a: &ExportArgs, progress: bool, entity: Entity) -> Result<ExportOptions> {
     let s3 = a.s3.options();
     Output::parse(&a.out, &s3).map_err(|e| Error::Usage(format!("--out {e}")))?;
     if !(a.checkpoint_every >= 0.0 && a.checkpoint_every.is_finite()) {
         return Err(Error::Usage(format!("--checkpoint-every {}: expected seconds, e.g. 60", a.checkpoint_every)));
     }
     let auth = auth_config(&a.auth)?;
-    let partition = partition.unwrap_or_else(|| entity.default_partition());
+    let partition = entity.default_partition();
     let filter = parse_filter(a.filter.as_deref())?;
     let select = a.select.as_ref().map(|v| v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>());
     if select.as_ref().is_some_and(|s| s.is_empty()) {

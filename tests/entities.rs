@@ -13,19 +13,8 @@ use b24_export::sim::{SimConfig, SimPortal};
 use common::*;
 use serde_json::Value;
 
-fn glob(dataset: &Path) -> String {
-    format!("read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true)", dataset.display())
-}
-
 fn dict(out: &Path, table: &str, dataset: &str) -> String {
     format!("read_parquet('{}/_dict/{table}/{dataset}.parquet')", out.display())
-}
-
-fn types(dataset: &Path) -> Vec<(String, String)> {
-    query(&format!("DESCRIBE SELECT * FROM {}", glob(dataset)))
-        .iter()
-        .map(|r| (r["column_name"].as_str().unwrap().to_string(), r["column_type"].as_str().unwrap().to_string()))
-        .collect()
 }
 
 /// Every row and value of an entity's dataset against the simulator (`skip`: partition columns from the path).
@@ -139,7 +128,7 @@ fn every_entity_exports_exactly_and_joins_its_dictionaries() {
     assert_success(&o);
     assert!(text(&o).0.contains("exported 2600 deals"), "{}", text(&o).0);
     let (a, b) = (glob(&out.join("deals")), glob(&rebuilt.join("deals")));
-    let n = |x: &str, y: &str| query(&format!("SELECT count(*) AS n FROM (SELECT * FROM {x} EXCEPT ALL SELECT * FROM {y})"))[0]["n"].as_u64().unwrap();
+    let n = |x: &str, y: &str| except_all(&format!("SELECT * FROM {x}"), &format!("SELECT * FROM {y}"));
     assert_eq!((n(&a, &b), n(&b, &a)), (0, 0), "the converted deals differ from the exported ones");
     assert_eq!(types(&out.join("deals")), types(&rebuilt.join("deals")));
     let o = bin().args(["--quiet", "convert"]).arg(&raw).arg("--out").arg(&rebuilt).output().unwrap();
@@ -188,7 +177,7 @@ fn item_api_gives_the_same_datasets_as_the_legacy_methods() {
             .map(|(c, _)| if c == "photo" || c == "logo" { format!("{c}.id AS {c}_id") } else { format!("\"{c}\"") })
             .collect();
         let sel = |p: &Path| format!("SELECT {} FROM {}", cols.join(", "), glob(p));
-        let n = |x: &Path, y: &Path| query(&format!("SELECT count(*) AS n FROM ({} EXCEPT ALL {})", sel(x), sel(y)))[0]["n"].as_u64().unwrap();
+        let n = |x: &Path, y: &Path| except_all(&sel(x), &sel(y));
         assert_eq!((n(&a, &b), n(&b, &a)), (0, 0), "{entity}: the datasets differ");
         let rows = query(&format!("SELECT count(*) AS n FROM {}", glob(&b)))[0]["n"].as_u64().unwrap();
         assert_eq!(rows as usize, sim.ids_of(entity).len());

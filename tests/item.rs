@@ -9,19 +9,8 @@ use b24_export::sim::data::FIELDS;
 use b24_export::sim::SimConfig;
 use common::*;
 
-fn glob(dataset: &Path) -> String {
-    format!("read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true)", dataset.display())
-}
-
-fn types(dataset: &Path) -> Vec<(String, String)> {
-    query(&format!("DESCRIBE SELECT * FROM {}", glob(dataset)))
-        .iter()
-        .map(|r| (r["column_name"].as_str().unwrap().to_string(), r["column_type"].as_str().unwrap().to_string()))
-        .collect()
-}
-
 fn except(a: &Path, b: &Path) -> u64 {
-    query(&format!("SELECT count(*) AS n FROM (SELECT * FROM {} EXCEPT ALL SELECT * FROM {})", glob(a), glob(b)))[0]["n"].as_u64().unwrap()
+    except_all(&format!("SELECT * FROM {}", glob(a)), &format!("SELECT * FROM {}", glob(b)))
 }
 
 /// Every listed field the item API also has (all but ADDRESS_*).

@@ -77,6 +77,24 @@ pub fn read_dataset(dir: &Path) -> Dataset {
     }
 }
 
+/// A DuckDB table expression reading a dataset folder as users do (hive partitions, columns by name).
+pub fn glob(dataset: &Path) -> String {
+    format!("read_parquet('{}/**/*.parquet', hive_partitioning = true, union_by_name = true)", dataset.display())
+}
+
+/// A dataset's columns and DuckDB types (`DESCRIBE`).
+pub fn types(dataset: &Path) -> Vec<(String, String)> {
+    query(&format!("DESCRIBE SELECT * FROM {}", glob(dataset)))
+        .iter()
+        .map(|r| (r["column_name"].as_str().unwrap().to_string(), r["column_type"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Rows of query `a` missing from query `b`, duplicates counted (`EXCEPT ALL`).
+pub fn except_all(a: &str, b: &str) -> u64 {
+    query(&format!("SELECT count(*) AS n FROM ({a} EXCEPT ALL {b})"))[0]["n"].as_u64().unwrap()
+}
+
 /// Runs SQL with DuckDB; rows as JSON objects.
 pub fn query(sql: &str) -> Vec<serde_json::Map<String, Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/query.py");
