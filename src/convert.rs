@@ -1518,7 +1518,7 @@ impl<'a> PageDecoder<'a> {
             self.rows = rows;
         }
         let records: Vec<Value> = serde_json::from_str(text)
-            .map_err(|e| Error::Internal(format!("a page that parsed while fetching did not parse again: {e}")))?;
+            .map_err(|e| Error::Internal(format!("a list result is not a JSON array: {e}")))?;
         for r in &records {
             self.append_record(r)?;
         }
@@ -1668,10 +1668,27 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
     }
 }
 
+/// The JSON text of one list call's `result`: as fetched, or a line of the raw zone.
+pub trait ChunkText {
+    fn text(&self) -> &str;
+}
+
+impl ChunkText for Box<RawValue> {
+    fn text(&self) -> &str {
+        self.get()
+    }
+}
+
+impl ChunkText for &str {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
 /// Converts a fetched page: raw JSON arrays of records (one list call, ≤ 50 records, each), decoded straight
 /// into Arrow columns. Same batch, rejects and errors as [`convert_page_values`].
-pub fn convert_page(
-    chunks: &[Box<RawValue>],
+pub fn convert_page<C: ChunkText>(
+    chunks: &[C],
     rows: usize,
     cols: &[Column],
     schema: &SchemaRef,
@@ -1679,7 +1696,7 @@ pub fn convert_page(
 ) -> Result<(RecordBatch, Vec<Reject>)> {
     let mut d = PageDecoder::new(cols, schema, rows, strict);
     for chunk in chunks {
-        d.add_chunk(chunk.get())?;
+        d.add_chunk(chunk.text())?;
     }
     d.finish()
 }

@@ -967,7 +967,10 @@ fn export_run(
     // conversion runs on as many threads as there are cores (pages are independent; the writer takes batches
     // in any order), and records raw page bodies first when asked to
     let page_rx = Arc::new(std::sync::Mutex::new(page_rx));
-    let recorder = raw_out.as_ref().map(|_| Arc::new(std::sync::Mutex::new(crate::raw::RawRecorder::new(spool.join("raw")))));
+    let recorder = match raw_out {
+        Some(_) => Some(Arc::new(std::sync::Mutex::new(crate::raw::RawRecorder::new(spool.join("raw"))?))),
+        None => None,
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let mut converters = Vec::new();
     for n in 0..threads {
@@ -977,13 +980,28 @@ fn export_run(
             .name(format!("convert-{n}"))
             .spawn(move || -> Result<()> {
                 let run = || -> Result<()> {
+                    let mut unzstd = zstd::bulk::Decompressor::new().map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+                    let mut buf = Vec::new();
                     loop {
                         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
                         let Some(page) = next else { return Ok(()) };
+                        let (texts, rows) = match &page.lines {
+                            None => (page.chunks.iter().map(|c| c.get()).collect::<Vec<&str>>(), page.rows),
+                            Some(lines) => {
+                                let texts = lines.texts(&mut unzstd, &mut buf)?;
+                                let rows = texts.len() * crate::plan::PAGE;
+                                (texts, rows)
+                            }
+                        };
                         if let Some(r) = &recorder {
-                            r.lock().unwrap_or_else(|e| e.into_inner()).record(&page.chunks)?;
+                            r.lock().unwrap_or_else(|e| e.into_inner()).record(&texts)?;
                         }
-                        let (batch, rejects) = crate::convert::convert_page(&page.chunks, page.rows, &conv_cols, &conv_schema, strict)?;
+                        let converted = crate::convert::convert_page(&texts, rows, &conv_cols, &conv_schema, strict);
+                        let (batch, rejects) = match (converted, &page.lines) {
+                            // a raw file that does not parse is bad input, and says which file
+                            (Err(Error::Internal(m)), Some(lines)) => return Err(Error::Usage(format!("{}: {m}", lines.source))),
+                            (r, _) => r?,
+                        };
                         if tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
                             return Ok(()); // the writer failed; it reports why
                         }
@@ -1038,7 +1056,7 @@ fn export_run(
         Source::Portal { client, spec, .. } => {
             rt.block_on(plan::fetch_all(client.clone(), spec.clone(), &done, page_tx, progress.clone())).map(Some)
         }
-        Source::Raw { raw, input } => crate::raw::read_pages(raw.clone(), rt.handle().clone(), input, &spool.join("scratch"), page_tx).map(|_| None),
+        Source::Raw { raw, input } => crate::raw::read_pages(raw.clone(), rt.handle().clone(), input, &spool.join("scratch"), page_tx).map(|()| None),
     };
     let converted = converters
         .into_iter()

@@ -80,6 +80,9 @@ impl FetchSpec {
 /// Kept as text until conversion, so pages in flight cost their size on the wire, not a `Value` tree.
 pub struct Page {
     pub chunks: Vec<Box<RawValue>>,
+    /// Pages read back from the raw zone (`convert`): their lines, still compressed; `chunks` is empty then.
+    pub lines: Option<crate::raw::RawLines>,
+    /// The rows expected (a capacity hint; 0 when unknown).
     pub rows: usize,
     /// ID intervals `[lo, hi)` that this page completes: every matching lead in them is in this page or an
     /// earlier one. Checkpoints record their union, and a resumed run skips it.
@@ -892,7 +895,7 @@ pub async fn fetch_all(
         }
         fetched += page_rows as u64;
         progress.add_leads(page_rows as u64);
-        if !covered.is_empty() && tx.send(Page { chunks, rows: page_rows, covered }).await.is_err() {
+        if !covered.is_empty() && tx.send(Page { chunks, lines: None, rows: page_rows, covered }).await.is_err() {
             return Err(crate::error::Error::Internal("the converter stopped".into()));
         }
     }

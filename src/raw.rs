@@ -9,15 +9,17 @@
 //! RAW/<run id>/users.json                  the portal's users (for _dict/users), when they could be read
 //! RAW/<run id>/pages/part-00001.jsonl.zst  zstd JSON lines: one line per list call, the `result` array as sent
 //! ```
+//! Each page (up to 50 list calls) is one zstd frame that records its size, so `convert` hands whole frames to
+//! its converter threads, which decompress them in parallel. Files of earlier versions (one stream without
+//! sizes) are still read: their lines are decompressed on the reading thread.
 //! The folder is written when the run succeeds (its files are moved there last, `run.json` at the very end), so
 //! a `run.json` marks a complete raw run.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::dict::Status;
@@ -50,56 +52,68 @@ pub struct RawRun {
     pub resumed: bool,
 }
 
-/// Writes page bodies to local zstd JSON-lines files (in the run's spool folder) while a run fetches.
+/// A page frame larger than this (uncompressed) is read on the reading thread, line by line.
+const FRAME_MAX: u64 = 64 << 20;
+
+/// Writes page bodies to local zstd JSON-lines files (in the run's spool folder) while a run fetches: one zstd
+/// frame per page.
 pub struct RawRecorder {
     dir: PathBuf,
-    current: Option<(PathBuf, zstd::stream::write::Encoder<'static, std::io::BufWriter<std::fs::File>>)>,
+    current: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
     written: u64,
+    zstd: zstd::bulk::Compressor<'static>,
+    /// The lines of the page being recorded.
+    lines: Vec<u8>,
     pub files: Vec<PathBuf>,
     pub list_calls: u64,
 }
 
 impl RawRecorder {
-    pub fn new(dir: PathBuf) -> Self {
-        RawRecorder { dir, current: None, written: 0, files: Vec::new(), list_calls: 0 }
+    pub fn new(dir: PathBuf) -> Result<Self> {
+        let zstd = zstd::bulk::Compressor::new(3).map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+        Ok(RawRecorder { dir, current: None, written: 0, zstd, lines: Vec::new(), files: Vec::new(), list_calls: 0 })
     }
 
-    /// Records the list-call results of a page, one line each.
-    pub fn record(&mut self, chunks: &[Box<RawValue>]) -> Result<()> {
+    /// Records the list-call results of a page, one line each, as one zstd frame.
+    pub fn record(&mut self, chunks: &[&str]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        if self.current.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            let path = self.dir.join(format!("part-{:05}.jsonl.zst", self.files.len() + 1));
+            let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            self.current = Some((path, std::io::BufWriter::new(f)));
+            self.written = 0;
+        }
+        self.lines.clear();
         for chunk in chunks {
-            if self.current.is_none() {
-                std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-                let path = self.dir.join(format!("part-{:05}.jsonl.zst", self.files.len() + 1));
-                let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-                let enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(f), 3).map_err(|e| Error::io(&path, e))?;
-                self.current = Some((path, enc));
-                self.written = 0;
-            }
-            let (path, enc) = self.current.as_mut().expect("open");
             // file download URLs carry auth= tokens: never written, here either
-            let masked = crate::convert::mask_auth_tokens(chunk.get());
+            let masked = crate::convert::mask_auth_tokens(chunk);
             let text = masked.as_str();
             // one line per list call: a body that arrived pretty-printed is written compactly
-            let line: std::borrow::Cow<'_, str> = if text.contains('\n') {
+            if text.contains('\n') {
                 let v: Value = serde_json::from_str(text).map_err(|e| Error::Internal(format!("a fetched page did not parse again: {e}")))?;
-                serde_json::to_string(&v).map_err(|e| Error::Internal(e.to_string()))?.into()
+                serde_json::to_writer(&mut self.lines, &v).map_err(|e| Error::Internal(e.to_string()))?;
             } else {
-                text.into()
-            };
-            enc.write_all(line.as_bytes()).and_then(|()| enc.write_all(b"\n")).map_err(|e| Error::io(path.as_path(), e))?;
-            self.written += line.len() as u64 + 1;
-            self.list_calls += 1;
-            if self.written >= PART_BYTES {
-                self.close_part()?;
+                self.lines.extend_from_slice(text.as_bytes());
             }
+            self.lines.push(b'\n');
+        }
+        let (path, f) = self.current.as_mut().expect("open");
+        let frame = self.zstd.compress(&self.lines).map_err(|e| Error::Internal(format!("zstd: {e}")))?;
+        f.write_all(&frame).map_err(|e| Error::io(path.as_path(), e))?;
+        self.written += self.lines.len() as u64;
+        self.list_calls += chunks.len() as u64;
+        if self.written >= PART_BYTES {
+            self.close_part()?;
         }
         Ok(())
     }
 
     fn close_part(&mut self) -> Result<()> {
-        if let Some((path, enc)) = self.current.take() {
-            let mut w = enc.finish().map_err(|e| Error::io(&path, e))?;
-            w.flush().map_err(|e| Error::io(&path, e))?;
+        if let Some((path, mut f)) = self.current.take() {
+            f.flush().map_err(|e| Error::io(&path, e))?;
             self.files.push(path);
         }
         Ok(())
@@ -207,16 +221,16 @@ pub async fn open(raw: &Output, entity: Option<crate::entity::Entity>) -> Result
     Ok(RawInput { run, fields, statuses, users, folder })
 }
 
-/// Reads the pages of a raw run and sends them downstream as pages of up to 50 list calls. Blocking (run it on
-/// its own thread); S3 files are downloaded to `scratch` one at a time. Returns the number of list calls.
+/// Reads the pages of a raw run and sends them downstream: each zstd frame of a pages file as it is (the
+/// converter that takes it decompresses it), or, for files of earlier versions, their lines in pages of up to 50.
+/// Blocking (run it on its own thread); S3 files are downloaded to `scratch` one at a time.
 pub fn read_pages(
     raw: Arc<Output>,
     rt: tokio::runtime::Handle,
     input: &RawInput,
     scratch: &Path,
     tx: tokio::sync::mpsc::Sender<Page>,
-) -> Result<u64> {
-    let mut calls = 0u64;
+) -> Result<()> {
     for rel in &input.run.pages {
         let key = if input.folder.is_empty() { rel.clone() } else { format!("{}/{rel}", input.folder) };
         let local = match &*raw {
@@ -229,31 +243,181 @@ pub fn read_pages(
                 p
             }
         };
+        let source: Arc<str> = raw.display(&key).into();
         let f = std::fs::File::open(&local).map_err(|e| Error::io(&local, e))?;
-        let dec = zstd::stream::read::Decoder::new(f).map_err(|e| Error::io(&local, e))?;
-        let mut chunks: Vec<Box<RawValue>> = Vec::with_capacity(PAGE);
-        for line in std::io::BufReader::with_capacity(1 << 20, dec).lines() {
-            let line = line.map_err(|e| Error::io(&local, e))?;
-            if line.is_empty() {
-                continue;
-            }
-            let chunk = RawValue::from_string(line)
-                .map_err(|e| Error::Usage(format!("{}: a line is not JSON ({e})", raw.display(&key))))?;
-            chunks.push(chunk);
-            calls += 1;
-            if chunks.len() == PAGE {
-                let page = Page { rows: PAGE * PAGE, chunks: std::mem::take(&mut chunks), covered: Vec::new() };
-                if tx.blocking_send(page).is_err() {
-                    return Ok(calls); // the converter stopped; it reports why
-                }
-            }
-        }
-        if !chunks.is_empty() {
-            let rows = chunks.len() * PAGE;
-            if tx.blocking_send(Page { rows, chunks, covered: Vec::new() }).is_err() {
-                return Ok(calls);
-            }
+        if !send_frames(f, &source, &tx)? {
+            return Ok(()); // the converter stopped; it reports why
         }
     }
-    Ok(calls)
+    Ok(())
+}
+
+/// Sends the frames of one pages file; false when the converters are gone.
+fn send_frames(mut f: std::fs::File, source: &Arc<str>, tx: &tokio::sync::mpsc::Sender<Page>) -> Result<bool> {
+    let bad = |what: String| Error::Usage(format!("{source}: {what}"));
+    let (mut buf, mut pos, mut eof) = (Vec::<u8>::new(), 0usize, false);
+    loop {
+        let rest = &buf[pos..];
+        if !rest.is_empty() {
+            // a frame header (≤ 18 bytes) says whether the frame records its size
+            match zstd::zstd_safe::get_frame_content_size(rest) {
+                Ok(Some(size)) if size <= FRAME_MAX => {
+                    if let Ok(n) = zstd::zstd_safe::find_frame_compressed_size(rest) {
+                        let body = RawLines { bytes: rest[..n].to_vec(), zstd: Some(size as usize), source: source.clone() };
+                        if tx.blocking_send(Page { chunks: Vec::new(), lines: Some(body), rows: 0, covered: Vec::new() }).is_err() {
+                            return Ok(false);
+                        }
+                        pos += n;
+                        continue;
+                    }
+                }
+                // no size (an earlier version's stream) or a huge frame: decompress it here, line by line
+                Ok(_) if rest.len() >= 18 || eof => {
+                    let rest = std::io::Cursor::new(rest.to_vec()).chain(f);
+                    return send_lines(rest, source, tx);
+                }
+                Err(_) if rest.len() >= 18 || eof => return Err(bad("not a zstd pages file".into())),
+                _ => {}
+            }
+        }
+        if eof {
+            return if pos < buf.len() { Err(bad("the file ends inside a zstd frame".into())) } else { Ok(true) };
+        }
+        buf.drain(..pos);
+        pos = 0;
+        let have = buf.len();
+        buf.resize(have + (4 << 20), 0);
+        let n = f.read(&mut buf[have..]).map_err(|e| Error::io(source.to_string(), e))?;
+        buf.truncate(have + n);
+        eof = n == 0;
+    }
+}
+
+/// Decompresses a pages stream on this thread and sends its lines in pages of up to 50 list calls.
+fn send_lines(input: impl Read, source: &Arc<str>, tx: &tokio::sync::mpsc::Sender<Page>) -> Result<bool> {
+    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| Error::io(source.to_string(), e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, dec);
+    let mut lines = Vec::new();
+    let mut count = 0;
+    loop {
+        let before = lines.len();
+        let n = reader.read_until(b'\n', &mut lines).map_err(|e| Error::io(source.to_string(), e))?;
+        if n > 0 && lines.len() > before + 1 {
+            count += 1;
+        }
+        if (n == 0 && !lines.is_empty()) || count == PAGE {
+            let body = RawLines { bytes: std::mem::take(&mut lines), zstd: None, source: source.clone() };
+            if tx.blocking_send(Page { chunks: Vec::new(), lines: Some(body), rows: 0, covered: Vec::new() }).is_err() {
+                return Ok(false);
+            }
+            count = 0;
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Lines of a raw pages file (one list call's `result` array each), as read: a zstd frame or plain text.
+pub struct RawLines {
+    pub bytes: Vec<u8>,
+    /// The uncompressed size of a zstd frame; None for plain lines.
+    pub zstd: Option<usize>,
+    /// The pages file, for errors.
+    pub source: Arc<str>,
+}
+
+impl RawLines {
+    /// The JSON text of each line, decompressed into `buf` when needed.
+    pub fn texts<'a>(&'a self, zstd: &mut zstd::bulk::Decompressor<'static>, buf: &'a mut Vec<u8>) -> Result<Vec<&'a str>> {
+        let bytes: &[u8] = match self.zstd {
+            None => &self.bytes,
+            Some(size) => {
+                buf.clear();
+                buf.reserve(size);
+                zstd.decompress_to_buffer(&self.bytes, buf)
+                    .map_err(|e| Error::Usage(format!("{}: a zstd frame does not decompress ({e})", self.source)))?;
+                buf
+            }
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::Usage(format!("{}: a line is not UTF-8 ({e})", self.source)))?;
+        Ok(text.split('\n').filter(|l| !l.is_empty()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` list-call results, each a distinct JSON array.
+    fn calls(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!(r#"[{{"ID":"{i}","TITLE":"lead \"{i}\"\n"}}]"#)).collect()
+    }
+
+    /// Reads one pages file the way `convert` does: the pages sent, and each page's lines.
+    fn read_back(path: &Path) -> Result<Vec<(Option<usize>, Vec<String>)>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+        let source: Arc<str> = path.display().to_string().into();
+        assert!(send_frames(std::fs::File::open(path).unwrap(), &source, &tx)?);
+        drop(tx);
+        let (mut zstd, mut buf) = (zstd::bulk::Decompressor::new().unwrap(), Vec::new());
+        let mut pages = Vec::new();
+        while let Some(page) = rx.blocking_recv() {
+            let lines = page.lines.expect("raw lines");
+            let texts = lines.texts(&mut zstd, &mut buf)?.into_iter().map(String::from).collect();
+            pages.push((lines.zstd, texts));
+        }
+        Ok(pages)
+    }
+
+    #[test]
+    fn recorded_pages_come_back_as_one_frame_each_with_every_line() {
+        let dir = std::env::temp_dir().join(format!("b24-raw-frames-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut rec = RawRecorder::new(dir.clone()).unwrap();
+        let all = calls(101);
+        for page in all.chunks(50) {
+            let texts: Vec<&str> = page.iter().map(String::as_str).collect();
+            rec.record(&texts).unwrap();
+        }
+        rec.record(&[]).unwrap();
+        let (files, list_calls) = rec.finish().unwrap();
+        assert_eq!((files.len(), list_calls), (1, 101));
+        let pages = read_back(&files[0]).unwrap();
+        assert_eq!(pages.iter().map(|(_, l)| l.len()).collect::<Vec<_>>(), vec![50, 50, 1]);
+        assert!(pages.iter().all(|(z, _)| z.is_some()), "every page is a frame that records its size");
+        assert_eq!(pages.into_iter().flat_map(|(_, l)| l).collect::<Vec<_>>(), all);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_of_earlier_versions_one_stream_without_sizes_are_read_line_by_line() {
+        let path = std::env::temp_dir().join(format!("b24-raw-stream-{}.jsonl.zst", std::process::id()));
+        let all = calls(120);
+        let mut enc = zstd::stream::write::Encoder::new(std::fs::File::create(&path).unwrap(), 3).unwrap();
+        for line in &all {
+            enc.write_all(line.as_bytes()).unwrap();
+            enc.write_all(b"\n\n").unwrap(); // empty lines are skipped
+        }
+        enc.finish().unwrap();
+        let pages = read_back(&path).unwrap();
+        assert_eq!(pages.iter().map(|(z, l)| (*z, l.len())).collect::<Vec<_>>(), vec![(None, 50), (None, 50), (None, 20)]);
+        assert_eq!(pages.into_iter().flat_map(|(_, l)| l).collect::<Vec<_>>(), all);
+
+        // a file cut inside its frame, and a file that is not zstd, are errors that name the file
+        let dir = std::env::temp_dir().join(format!("b24-raw-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut rec = RawRecorder::new(dir.clone()).unwrap();
+        rec.record(&all.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let (files, _) = rec.finish().unwrap();
+        let bytes = std::fs::read(&files[0]).unwrap();
+        std::fs::write(&files[0], &bytes[..bytes.len() - 10]).unwrap();
+        let e = read_back(&files[0]).unwrap_err().to_string();
+        assert!(e.contains("ends inside a zstd frame") && e.contains(&files[0].display().to_string()), "{e}");
+        std::fs::write(&path, "[{\"ID\":\"1\"}]\n".repeat(10)).unwrap();
+        let e = read_back(&path).unwrap_err().to_string();
+        assert!(e.contains("not a zstd pages file") && e.contains(&path.display().to_string()), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
 }
