@@ -468,7 +468,7 @@ pub fn convert_page_values(
     let mut b = BatchBuilder::new(cols, schema, rows, strict);
     for chunk in chunks {
         let records: Vec<Value> = serde_json::from_str(chunk.get())
-            .map_err(|e| Error::Internal(format!("a page that parsed while fetching did not parse again: {e}")))?;
+            .map_err(|e| Error::Internal(format!("a list result is not a JSON array: {e}")))?;
         for r in &records {
             b.append(r)?;
         }

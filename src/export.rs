@@ -659,9 +659,13 @@ impl RunWriter {
     /// that lists them (one atomic put): a run killed at any moment resumes from the last one saved.
     fn checkpoint(&mut self) -> Result<()> {
         let files = self.w.flush_files()?;
+        // the writer does not sync its files: staging them makes them durable, before the checkpoint names them
+        let moves: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|f| (self.spool.join(self.dataset).join(&f.path), format!("{}/{}/{}", self.staging, self.dataset, f.path)))
+            .collect();
+        self.rt.block_on(self.out.put_files(&moves))?;
         for f in files {
-            let key = format!("{}/{}/{}", self.staging, self.dataset, f.path);
-            self.rt.block_on(self.out.put_file(&self.spool.join(self.dataset).join(&f.path), &key))?;
             self.ckpt.files.push(ManifestFile { path: f.path, rows: f.rows, bytes: f.bytes });
         }
         if let Some(name) = self.rejects.close_segment()? {
@@ -1220,13 +1224,14 @@ fn export_run(
     let publish = async {
         for f in &ckpt.files {
             let (from, to) = (format!("{staging}/{dataset}/{}", f.path), format!("{dataset}/{}", f.path));
-            if let Err(e) = out.rename(&from, &to).await {
+            if let Err(e) = out.rename_unsynced(&from, &to).await {
                 // moved already by an earlier attempt that stopped before its commit?
                 if out.get_size(&from).await?.is_some() || out.get_size(&to).await? != Some(f.bytes) {
                     return Err(e.into());
                 }
             }
         }
+        out.sync()?; // the renames are durable before the manifest names their files
         let base = base.as_ref().map(|b| b.0.version);
         manifest::commit(out, &mut manifest, base).await
     };

@@ -541,11 +541,23 @@ impl DatasetWriter {
     /// files returned (those finished since the last call). Writing may go on; new files are started.
     pub fn flush_files(&mut self) -> Result<Vec<FileInfo>> {
         self.collect(false)?;
-        let mut dirs: Vec<String> =
-            self.parts.iter().filter(|(_, p)| p.rows + p.spilled > 0 || p.open.is_some()).map(|(d, _)| d.clone()).collect();
-        dirs.sort();
-        for d in dirs {
-            self.dispatch(&d, true)?;
+        // the partitions of each encoder, taken in turn: a queue full of one encoder's jobs must not keep the
+        // other encoders waiting for work (each encoder's biggest partitions go first)
+        let mut queues: Vec<Vec<(usize, String)>> = vec![Vec::new(); self.encoders.len()];
+        for (d, p) in &self.parts {
+            if p.rows + p.spilled > 0 || p.open.is_some() {
+                queues[p.encoder].push((p.rows + p.spilled, d.clone()));
+            }
+        }
+        for q in &mut queues {
+            q.sort();
+        }
+        while queues.iter().any(|q| !q.is_empty()) {
+            for q in &mut queues {
+                if let Some((_, d)) = q.pop() {
+                    self.dispatch(&d, true)?;
+                }
+            }
         }
         self.collect(true)?;
         self.order.clear();
@@ -679,9 +691,10 @@ fn create(ctx: &EncoderCtx, dir: &str, seq: u64, props: &WriterProperties) -> Re
     Ok(OpenFile { tmp, done, rel, writer, rows: 0 })
 }
 
+/// Writes the footer and gives the file its final name. Not synced here (an encoder waiting for the disk is a
+/// core idle): whoever stages the files makes them durable, all at once ([`output::Output::put_files`]).
 fn finish_file(f: OpenFile) -> Result<FileInfo> {
     let file = f.writer.into_inner().map_err(|e| Error::Parquet { path: f.tmp.clone(), source: e })?;
-    file.sync_all().map_err(io_err(&f.tmp))?;
     let bytes = file.metadata().map_err(io_err(&f.tmp))?.len();
     drop(file);
     std::fs::rename(&f.tmp, &f.done).map_err(io_err(&f.done))?;

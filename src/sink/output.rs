@@ -201,6 +201,29 @@ impl Output {
         ObjPath::parse(&full).map_err(|e| store_err(self.display(key), e))
     }
 
+    /// Moves finished local files that were written without syncing to their keys, durably: on a local output
+    /// they are renamed and then the whole filesystem is synced once (one journal commit, not two fsyncs per
+    /// file — a partitioned run finishes dozens of files at once); on S3 each is uploaded.
+    pub async fn put_files(&self, files: &[(PathBuf, String)]) -> Result<()> {
+        match self {
+            Output::Local { root } => {
+                for (local, key) in files {
+                    move_local(local, &root.join(key), false)?;
+                }
+                if !files.is_empty() {
+                    sync_filesystem(root, files.iter().map(|(_, key)| root.join(key)))?;
+                }
+                Ok(())
+            }
+            Output::S3 { .. } => {
+                for (local, key) in files {
+                    self.put_file(local, key).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Moves a finished local file to `key` (a rename on the same disk, an upload to S3; the local file is
     /// removed). Returns the size in bytes.
     pub async fn put_file(&self, local: &Path, key: &str) -> Result<u64> {
@@ -447,8 +470,26 @@ impl Output {
 
     /// Moves `from` to `to`, replacing `to` (a rename locally; a server-side copy and a delete on S3).
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_with(from, to, true).await
+    }
+
+    /// [`Output::rename`] of many files: a local folder is synced once at the end ([`Output::sync`]), not after each.
+    pub async fn rename_unsynced(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_with(from, to, false).await
+    }
+
+    /// Makes the local renames and writes so far durable (a local output; S3 has nothing to sync).
+    pub fn sync(&self) -> Result<()> {
         match self {
-            Output::Local { root } => rename_local(&root.join(from), &root.join(to)),
+            Output::Local { root } => sync_filesystem(root, std::iter::empty()),
+            Output::S3 { .. } => Ok(()),
+        }
+    }
+
+    async fn rename_with(&self, from: &str, to: &str, sync: bool) -> Result<()> {
+        match self {
+            // without syncfs (not Linux), each rename is made durable on its own
+            Output::Local { root } => move_local(&root.join(from), &root.join(to), sync || !cfg!(target_os = "linux")),
             Output::S3 { store, .. } => {
                 let (a, b) = (self.obj(from)?, self.obj(to)?);
                 store.copy(&a, &b).await.map_err(|e| store_err(self.display(to), e))?;
@@ -558,7 +599,40 @@ fn sync_parent(p: &Path) {
     }
 }
 
+/// Makes the files `written` (and the renames that put them there) durable: one `syncfs` of the filesystem
+/// that holds `root` on Linux, else each file and its folder.
+fn sync_filesystem(root: &Path, written: impl Iterator<Item = PathBuf>) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        extern "C" {
+            fn syncfs(fd: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        let _ = written;
+        let dir = std::fs::File::open(root).map_err(|e| Error::io(root, e))?;
+        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call
+        if unsafe { syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(Error::io(root, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        for p in written {
+            std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
+            sync_parent(&p);
+        }
+        Ok(())
+    }
+}
+
 fn rename_local(from: &Path, to: &Path) -> Result<()> {
+    move_local(from, to, true)
+}
+
+/// Renames `from` to `to` (copying across filesystems); with `sync`, the folder's entry is made durable.
+fn move_local(from: &Path, to: &Path, sync: bool) -> Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -574,7 +648,9 @@ fn rename_local(from: &Path, to: &Path) -> Result<()> {
         }
         Err(e) => return Err(Error::io(to, e)),
     }
-    sync_parent(to);
+    if sync {
+        sync_parent(to);
+    }
     Ok(())
 }
 
