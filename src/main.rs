@@ -31,6 +31,12 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
     }
 }
 
+/// jemalloc rather than glibc's malloc: see Cargo.toml (the C libraries' own allocations, zstd's, stay with glibc,
+/// limited to one arena per core below).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     b24_export::sink::limit_malloc_arenas();
     install_panic_redaction();
