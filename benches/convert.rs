@@ -72,7 +72,9 @@ fn parquet_bytes(dir: &Path) -> (u64, usize) {
 fn raw_run(leads: usize) -> RawRun {
     let dir = cache_root().join(format!("leads-{leads}"));
     let ready = dir.join("ready.json");
-    if !ready.exists() {
+    // raw pages of an earlier format (one zstd stream per file, read by a slower path) are generated anew
+    let current = std::fs::read_to_string(&ready).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v["raw_format"] == 2);
+    if !current {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cache dir");
         eprintln!("generating {leads} leads of raw pages in {} (not timed)…", dir.display());
@@ -107,7 +109,7 @@ fn raw_run(leads: usize) -> RawRun {
             let mut dec = zstd::stream::read::Decoder::new(std::fs::File::open(p).unwrap()).unwrap();
             json += std::io::copy(&mut dec, &mut std::io::sink()).unwrap();
         }
-        let info = serde_json::json!({"run_dir": run_dir, "zst_bytes": zst, "json_bytes": json, "generated_in_s": started.elapsed().as_secs_f64()});
+        let info = serde_json::json!({"raw_format": 2, "run_dir": run_dir, "zst_bytes": zst, "json_bytes": json, "generated_in_s": started.elapsed().as_secs_f64()});
         std::fs::write(&ready, info.to_string()).expect("write ready.json");
     }
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();

@@ -84,6 +84,11 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
+/// The binary's allocator (src/main.rs).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     b24_export::sink::limit_malloc_arenas(); // as the binary does
     let n: usize = env("B24_BENCH_LEADS").unwrap_or(200_000);

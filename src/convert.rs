@@ -387,9 +387,10 @@ fn record_id(row: &Value) -> String {
 }
 
 /// A value that did not fit its column and was replaced by NULL (or an empty list).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
-    pub lead_id: String,
+    /// The ID of the record (written under the entity's key, e.g. `lead_id`, in the rejects file).
+    pub record_id: String,
     pub field: String,
     /// The raw JSON value, shortened and with secrets and `auth=` tokens masked.
     pub raw_value: String,
@@ -422,17 +423,17 @@ impl<'a> BatchBuilder<'a> {
     /// Appends one record (a JSON object).
     pub fn append(&mut self, row: &Value) -> Result<()> {
         let Value::Object(obj) = row else {
-            return Err(BadValue { field: "(record)".into(), record_id: "?".into(), value: shown(Some(row)), expected: "a JSON object".into() }.into());
+            return Err(BadValue { record: "lead", field: "(record)".into(), record_id: "?".into(), value: shown(Some(row)), expected: "a JSON object".into() }.into());
         };
         for (col, b) in self.cols.iter().zip(self.builders.iter_mut()) {
             let v = obj.get(&col.source);
             if let Err(why) = b.append(v) {
                 let expected = format!("{} ({why})", col.kind.describe());
                 if self.strict {
-                    return Err(BadValue { field: col.source.clone(), record_id: record_id(row), value: shown(v), expected }.into());
+                    return Err(BadValue { record: "lead", field: col.source.clone(), record_id: record_id(row), value: shown(v), expected }.into());
                 }
                 b.append(None).expect("an empty value always appends");
-                self.rejects.push(Reject { lead_id: record_id(row), field: col.source.clone(), raw_value: shown(v), reason: expected });
+                self.rejects.push(Reject { record_id: record_id(row), field: col.source.clone(), raw_value: shown(v), reason: expected });
             }
         }
         Ok(())
@@ -1528,7 +1529,7 @@ impl<'a> PageDecoder<'a> {
     /// One record the `Value` way: [`BatchBuilder::append`] on these columns.
     fn append_record(&mut self, row: &Value) -> Result<()> {
         let Value::Object(obj) = row else {
-            return Err(BadValue { field: "(record)".into(), record_id: "?".into(), value: shown(Some(row)), expected: "a JSON object".into() }.into());
+            return Err(BadValue { record: "lead", field: "(record)".into(), record_id: "?".into(), value: shown(Some(row)), expected: "a JSON object".into() }.into());
         };
         let r = self.rows;
         for (col, b) in self.cols.iter().zip(self.columns.iter_mut()) {
@@ -1536,11 +1537,11 @@ impl<'a> PageDecoder<'a> {
             if let Err(why) = b.append_value(v) {
                 let expected = format!("{} ({why})", col.kind.describe());
                 if self.strict {
-                    return Err(BadValue { field: col.source.clone(), record_id: record_id(row), value: shown(v), expected }.into());
+                    return Err(BadValue { record: "lead", field: col.source.clone(), record_id: record_id(row), value: shown(v), expected }.into());
                 }
                 b.truncate(r);
                 b.append_empty();
-                self.rejects.push(Reject { lead_id: record_id(row), field: col.source.clone(), raw_value: shown(v), reason: expected });
+                self.rejects.push(Reject { record_id: record_id(row), field: col.source.clone(), raw_value: shown(v), reason: expected });
             }
         }
         self.rows += 1;
@@ -1561,9 +1562,9 @@ impl<'a> PageDecoder<'a> {
                 let col = &self.cols[c];
                 let expected = format!("{} ({why})", col.kind.describe());
                 if self.strict {
-                    return Err(BadValue { field: col.source.clone(), record_id: lead, value: shown(Some(&v)), expected }.into());
+                    return Err(BadValue { record: "lead", field: col.source.clone(), record_id: lead, value: shown(Some(&v)), expected }.into());
                 }
-                self.rejects.push(Reject { lead_id: lead.clone(), field: col.source.clone(), raw_value: shown(Some(&v)), reason: expected });
+                self.rejects.push(Reject { record_id: lead.clone(), field: col.source.clone(), raw_value: shown(Some(&v)), reason: expected });
             }
         }
         self.rows += 1;
@@ -1749,7 +1750,7 @@ mod tests {
         let (b, rejects) = convert_rows(&rows, &cols, &schema, false).unwrap();
         assert!(b.column(1).is_null(0));
         assert_eq!(rejects.len(), 1);
-        assert_eq!((rejects[0].lead_id.as_str(), rejects[0].field.as_str(), rejects[0].raw_value.as_str()), ("7", "OPPORTUNITY", "\"12.345\""));
+        assert_eq!((rejects[0].record_id.as_str(), rejects[0].field.as_str(), rejects[0].raw_value.as_str()), ("7", "OPPORTUNITY", "\"12.345\""));
     }
 
     #[test]
@@ -1842,7 +1843,7 @@ mod tests {
         let l = b.column(1).as_any().downcast_ref::<ListArray>().unwrap();
         let lens: Vec<i32> = (0..l.len()).map(|i| l.value_length(i)).collect();
         assert_eq!(lens, [0, 0, 0, 0, 2, 0, 0]);
-        assert_eq!(rejects.iter().map(|r| r.lead_id.as_str()).collect::<Vec<_>>(), ["3", "6"]);
+        assert_eq!(rejects.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(), ["3", "6"]);
         let (_, rejects) = one_column(Kind::List(Box::new(Kind::Date)), vec![json!(""), json!(["2000-01-01T02:00:00+02:00"])]);
         assert!(rejects.is_empty(), "an empty multiple date UF is \"\"");
     }
@@ -2098,7 +2099,7 @@ mod tests {
             let text = text.replacen(r#""I":"1","I":"#, r#""I":"#, 1); // a bad I replaces the good one
             let got = assert_same(&raw(&[&text]), 2, &cols, &schema);
             if let Some((_, rejects)) = got {
-                let mine: Vec<_> = rejects.iter().filter(|r| r.lead_id == "77").collect();
+                let mine: Vec<_> = rejects.iter().filter(|r| r.record_id == "77").collect();
                 assert!(mine.len() <= 1, "{field}: {v}: {rejects:?}");
             }
         }
@@ -2106,7 +2107,7 @@ mod tests {
         let text = r#"[{"T":"bad","I":"bad","ID":"5"}]"#;
         let (_, rejects) = assert_same(&raw(&[text]), 1, &cols, &schema).unwrap();
         assert_eq!(rejects.iter().map(|r| r.field.as_str()).collect::<Vec<_>>(), ["I", "T"]);
-        assert!(rejects.iter().all(|r| r.lead_id == "5"));
+        assert!(rejects.iter().all(|r| r.record_id == "5"));
         let e = convert_page(&raw(&[text]), 1, &cols, &schema, true).unwrap_err().to_string();
         assert!(e.contains("field I of lead 5"), "{e}");
         // an auth token inside a rejected value is masked

@@ -32,6 +32,16 @@ impl Entity {
     }
 
     /// The dataset folder under the output root, and the name of its manifests and dictionary files.
+    /// The key of the record ID in the rejects file (`lead_id`, `deal_id`, …).
+    pub fn id_key(self) -> &'static str {
+        match self {
+            Entity::Lead => "lead_id",
+            Entity::Deal => "deal_id",
+            Entity::Contact => "contact_id",
+            Entity::Company => "company_id",
+        }
+    }
+
     pub fn dataset(self) -> &'static str {
         match self {
             Entity::Lead => "leads",

@@ -47,8 +47,10 @@ impl PortalError {
 
 /// A value that does not fit its column type. Names the field, the record and the value.
 #[derive(Debug, Error)]
-#[error("field {field} of lead {record_id}: cannot read {value} as {expected}")]
+#[error("field {field} of {record} {record_id}: cannot read {value} as {expected}")]
 pub struct BadValue {
+    /// What the record is: `lead` (the converter's default), `deal`, `contact`, `company`.
+    pub record: &'static str,
     pub field: String,
     pub record_id: String,
     pub value: String,

@@ -976,10 +976,13 @@ fn export_run(
         None => None,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    // list calls read back from a raw run, to be checked against its run.json
+    let raw_calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut converters = Vec::new();
     for n in 0..threads {
         let (rx, tx) = (page_rx.clone(), batch_tx.clone());
-        let (conv_schema, conv_cols, strict, recorder) = (arrow_schema.clone(), cols.clone(), opts.strict, recorder.clone());
+        let (conv_schema, conv_cols, strict, recorder, entity) = (arrow_schema.clone(), cols.clone(), opts.strict, recorder.clone(), opts.entity);
+        let raw_calls = raw_calls.clone();
         let handle = std::thread::Builder::new()
             .name(format!("convert-{n}"))
             .spawn(move || -> Result<()> {
@@ -993,6 +996,7 @@ fn export_run(
                             None => (page.chunks.iter().map(|c| c.get()).collect::<Vec<&str>>(), page.rows),
                             Some(lines) => {
                                 let texts = lines.texts(&mut unzstd, &mut buf)?;
+                                raw_calls.fetch_add(texts.len() as u64, Ordering::Relaxed);
                                 let rows = texts.len() * crate::plan::PAGE;
                                 (texts, rows)
                             }
@@ -1004,6 +1008,11 @@ fn export_run(
                         let (batch, rejects) = match (converted, &page.lines) {
                             // a raw file that does not parse is bad input, and says which file
                             (Err(Error::Internal(m)), Some(lines)) => return Err(Error::Usage(format!("{}: {m}", lines.source))),
+                            // the converter knows columns, not entities: name the record as what it is
+                            (Err(Error::BadValue(mut b)), _) => {
+                                b.record = entity.name();
+                                return Err(b.into());
+                            }
                             (r, _) => r?,
                         };
                         if tx.send(Converted { batch, rejects, covered: page.covered }).is_err() {
@@ -1033,7 +1042,7 @@ fn export_run(
         rt: rt.handle().clone(),
         staging: staging.clone(),
         spool: spool.to_path_buf(),
-        rejects: RejectsLog::new(spool.join(REJECTS), ckpt.reject_segments.len(), ckpt.rejects.clone()),
+        rejects: RejectsLog::new(spool.join(REJECTS), ckpt.reject_segments.len(), ckpt.rejects.clone(), opts.entity.id_key()),
         ckpt,
         saved,
         last: Instant::now(),
@@ -1068,8 +1077,19 @@ fn export_run(
         .find(|r| r.is_err())
         .unwrap_or(Ok(()));
     let written = writer.join().unwrap_or_else(|_| Err(Error::Internal("the writer panicked".into())));
+    // a pages file cut between two frames reads without an error: the run's count of list calls tells
+    let short_raw = match &source {
+        Source::Raw { raw, input } if fetched.is_ok() && converted.is_ok() && raw_calls.load(Ordering::Relaxed) != input.run.list_calls => Some(Error::Usage(format!(
+            "{}: run.json lists {} list calls, its pages files hold {}: a pages file is incomplete",
+            raw.display(&input.folder),
+            input.run.list_calls,
+            raw_calls.load(Ordering::Relaxed)
+        ))),
+        _ => None,
+    };
     progress.finish();
     let (mut ckpt, tally) = match (fetched, converted, written) {
+        (Ok(_), Ok(()), Ok(_)) if short_raw.is_some() => return Err(short_raw.expect("checked")),
         (Ok(n), Ok(()), Ok((c, t))) => {
             let staged: u64 = c.files.iter().map(|f| f.rows).sum();
             let counted = n.is_none_or(|n| c.rows + t.refetched_unchanged == before + n);
@@ -1204,18 +1224,30 @@ fn export_run(
         Some(_) => rt
             .block_on(out.get(&rejects_key))?
             .map(|old| {
-                old.split(|b| *b == b'\n')
-                    .filter(|line| !line.is_empty())
-                    .filter(|line| {
-                        #[derive(Deserialize)]
-                        struct Line {
-                            lead_id: String,
+                let key = opts.entity.id_key();
+                let mut kept = Vec::new();
+                for line in old.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
+                    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(line) else {
+                        kept.extend_from_slice(line); // not ours to judge: kept as it is
+                        kept.push(b'\n');
+                        continue;
+                    };
+                    // files of earlier versions call every record's ID `lead_id`
+                    let id = obj.get(key).or_else(|| obj.get("lead_id")).and_then(Value::as_str).and_then(|s| s.parse::<i64>().ok());
+                    if id.is_some_and(|id| superseded.contains(&id)) {
+                        continue;
+                    }
+                    if key != "lead_id" && !obj.contains_key(key) {
+                        if let Some(v) = obj.shift_remove("lead_id") {
+                            let rest = std::mem::take(&mut obj);
+                            obj.insert(key.into(), v);
+                            obj.extend(rest);
                         }
-                        let id = serde_json::from_slice::<Line>(line).ok().and_then(|r| r.lead_id.parse::<i64>().ok());
-                        id.is_none_or(|id| !superseded.contains(&id))
-                    })
-                    .flat_map(|line| line.iter().copied().chain([b'\n']))
-                    .collect()
+                    }
+                    kept.extend_from_slice(Value::Object(obj).to_string().as_bytes());
+                    kept.push(b'\n');
+                }
+                kept
             })
             .unwrap_or_default(),
         None => Vec::new(),
@@ -1419,11 +1451,13 @@ struct RejectsLog {
     next: usize,
     out: Option<(String, std::io::BufWriter<std::fs::File>)>,
     counts: BTreeMap<String, u64>,
+    /// The record ID's key: `lead_id`, `deal_id`, …
+    id_key: &'static str,
 }
 
 impl RejectsLog {
-    fn new(dir: PathBuf, next: usize, counts: BTreeMap<String, u64>) -> Self {
-        RejectsLog { dir, next, out: None, counts }
+    fn new(dir: PathBuf, next: usize, counts: BTreeMap<String, u64>, id_key: &'static str) -> Self {
+        RejectsLog { dir, next, out: None, counts, id_key }
     }
 
     fn add(&mut self, rejects: &[crate::convert::Reject]) -> Result<()> {
@@ -1437,7 +1471,12 @@ impl RejectsLog {
                 let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
                 self.out = Some((name, std::io::BufWriter::new(f)));
             }
-            let line = serde_json::to_string(r).map_err(|e| Error::Internal(e.to_string()))?;
+            let mut obj = serde_json::Map::new();
+            obj.insert(self.id_key.into(), r.record_id.clone().into());
+            obj.insert("field".into(), r.field.clone().into());
+            obj.insert("raw_value".into(), r.raw_value.clone().into());
+            obj.insert("reason".into(), r.reason.clone().into());
+            let line = Value::Object(obj).to_string();
             let (name, out) = self.out.as_mut().expect("opened");
             writeln!(out, "{line}").map_err(|e| Error::io(self.dir.join(name.as_str()), e))?;
             *self.counts.entry(r.field.clone()).or_default() += 1;

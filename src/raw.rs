@@ -136,11 +136,14 @@ pub async fn publish(
     users: Option<&[crate::dict::User]>,
 ) -> Result<String> {
     let folder = run.run_id.clone();
+    // the pages files are not synced while written: staging them makes them durable before run.json names them
+    let mut moves = Vec::new();
     for (n, f) in files.iter().enumerate() {
         let rel = format!("pages/part-{:05}.jsonl.zst", n + 1);
-        raw.put_file(f, &format!("{folder}/{rel}")).await?;
+        moves.push((f.clone(), format!("{folder}/{rel}")));
         run.pages.push(rel);
     }
+    raw.put_files(&moves).await?;
     raw.put_bytes(&format!("{folder}/fields.json"), to_json(fields)?).await?;
     raw.put_bytes(&format!("{folder}/statuses.json"), to_json(&statuses)?).await?;
     if let Some(users) = users {
@@ -253,9 +256,10 @@ pub fn read_pages(
 }
 
 /// Sends the frames of one pages file; false when the converters are gone.
-fn send_frames(mut f: std::fs::File, source: &Arc<str>, tx: &tokio::sync::mpsc::Sender<Page>) -> Result<bool> {
+fn send_frames<R: Read>(mut f: R, source: &Arc<str>, tx: &tokio::sync::mpsc::Sender<Page>) -> Result<bool> {
     let bad = |what: String| Error::Usage(format!("{source}: {what}"));
     let (mut buf, mut pos, mut eof) = (Vec::<u8>::new(), 0usize, false);
+    let mut offset = 0u64; // of buf[0] in the file
     loop {
         let rest = &buf[pos..];
         if !rest.is_empty() {
@@ -276,7 +280,9 @@ fn send_frames(mut f: std::fs::File, source: &Arc<str>, tx: &tokio::sync::mpsc::
                     let rest = std::io::Cursor::new(rest.to_vec()).chain(f);
                     return send_lines(rest, source, tx);
                 }
-                Err(_) if rest.len() >= 18 || eof => return Err(bad("not a zstd pages file".into())),
+                Err(_) if rest.len() >= 18 || eof => {
+                    return Err(bad(format!("no zstd frame starts at byte {} (not a pages file, or a damaged one)", offset + pos as u64)))
+                }
                 _ => {}
             }
         }
@@ -284,10 +290,16 @@ fn send_frames(mut f: std::fs::File, source: &Arc<str>, tx: &tokio::sync::mpsc::
             return if pos < buf.len() { Err(bad("the file ends inside a zstd frame".into())) } else { Ok(true) };
         }
         buf.drain(..pos);
+        offset += pos as u64;
         pos = 0;
         let have = buf.len();
         buf.resize(have + (4 << 20), 0);
-        let n = f.read(&mut buf[have..]).map_err(|e| Error::io(source.to_string(), e))?;
+        let n = loop {
+            match f.read(&mut buf[have..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| Error::io(source.to_string(), e))?,
+            }
+        };
         buf.truncate(have + n);
         eof = n == 0;
     }
@@ -354,11 +366,25 @@ mod tests {
         (0..n).map(|i| format!(r#"[{{"ID":"{i}","TITLE":"lead \"{i}\"\n"}}]"#)).collect()
     }
 
+    /// A reader that hands out at most 7 bytes at a time: frames arrive cut at every possible place.
+    struct Trickle(std::fs::File);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
     /// Reads one pages file the way `convert` does: the pages sent, and each page's lines.
     fn read_back(path: &Path) -> Result<Vec<(Option<usize>, Vec<String>)>> {
+        read_back_with(path, false)
+    }
+
+    fn read_back_with(path: &Path, trickle: bool) -> Result<Vec<(Option<usize>, Vec<String>)>> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
         let source: Arc<str> = path.display().to_string().into();
-        assert!(send_frames(std::fs::File::open(path).unwrap(), &source, &tx)?);
+        let f = std::fs::File::open(path).unwrap();
+        assert!(if trickle { send_frames(Trickle(f), &source, &tx)? } else { send_frames(f, &source, &tx)? });
         drop(tx);
         let (mut zstd, mut buf) = (zstd::bulk::Decompressor::new().unwrap(), Vec::new());
         let mut pages = Vec::new();
@@ -386,7 +412,9 @@ mod tests {
         let pages = read_back(&files[0]).unwrap();
         assert_eq!(pages.iter().map(|(_, l)| l.len()).collect::<Vec<_>>(), vec![50, 50, 1]);
         assert!(pages.iter().all(|(z, _)| z.is_some()), "every page is a frame that records its size");
-        assert_eq!(pages.into_iter().flat_map(|(_, l)| l).collect::<Vec<_>>(), all);
+        assert_eq!(pages.clone().into_iter().flat_map(|(_, l)| l).collect::<Vec<_>>(), all);
+        // frames cut across reads anywhere come back the same
+        assert_eq!(read_back_with(&files[0], true).unwrap(), pages);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -416,7 +444,7 @@ mod tests {
         assert!(e.contains("ends inside a zstd frame") && e.contains(&files[0].display().to_string()), "{e}");
         std::fs::write(&path, "[{\"ID\":\"1\"}]\n".repeat(10)).unwrap();
         let e = read_back(&path).unwrap_err().to_string();
-        assert!(e.contains("not a zstd pages file") && e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("no zstd frame starts at byte 0") && e.contains(&path.display().to_string()), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&path).unwrap();
     }

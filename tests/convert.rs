@@ -70,4 +70,24 @@ fn convert_from_raw_pages_equals_the_live_export() {
     assert!(std::fs::read_dir(&s).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("status_id=")));
     let cols: Vec<String> = types(&l).into_iter().map(|(c, _)| format!("\"{c}\"")).filter(|c| c != "\"status_id\"").collect();
     assert_eq!(difference(&l, &s, &cols.join(", ")), (0, 0));
+
+    // a pages file cut between two of its frames (one per page) still reads without a zstd error: run.json's
+    // count of list calls catches it, and nothing is published
+    let pages = runs[0].join("pages/part-00001.jsonl.zst");
+    let bytes = std::fs::read(&pages).unwrap();
+    let mut at = 0;
+    let mut frames = Vec::new();
+    while at < bytes.len() {
+        let n = zstd::zstd_safe::find_frame_compressed_size(&bytes[at..]).expect("a frame");
+        frames.push(at);
+        at += n;
+    }
+    assert!(frames.len() >= 2, "one frame per page: {} frames", frames.len());
+    std::fs::write(&pages, &bytes[..*frames.last().unwrap()]).unwrap();
+    let cut = dir.join("cut");
+    let o = bin().args(["--quiet", "convert"]).arg(runs[0].as_path()).arg("--out").arg(&cut).output().unwrap();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a pages file is incomplete"), "{stderr}");
+    assert!(!cut.join("leads").exists() || std::fs::read_dir(cut.join("leads")).unwrap().next().is_none(), "nothing published");
 }

@@ -234,3 +234,40 @@ fn deals_merge_incrementally_and_partition_by_stage() {
 fn walk_parquet(dir: &Path) -> Vec<String> {
     files_under(dir).iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).map(|p| p.to_string_lossy().into_owned()).collect()
 }
+
+#[test]
+fn rejects_and_strict_errors_name_the_entity_and_its_record() {
+    let sim = start_sim(SimConfig { leads: 10, deals: 1_200, contacts: 10, companies: 10, seed: 5, bad_values: true, ..SimConfig::default() });
+    let out = tempdir("deal-rejects");
+    let o = export(&sim.webhook_url(), &out, &["--entity", "deal", "--api", "lead"]); // the simulator garbles legacy records only
+    assert_success(&o);
+    let ids = sim.ids_of(Entity::Deal);
+    let want: Vec<String> =
+        (0..ids.len()).filter(|&pos| b24_export::sim::bad_deal_value_at(pos).is_some()).map(|pos| ids[pos].to_string()).collect();
+    assert!(want.len() >= 2, "the portal should serve bad deal values");
+    let lines = std::fs::read_to_string(out.join("_rejects/deals.jsonl")).unwrap();
+    let mut got = Vec::new();
+    for l in lines.lines() {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+        // the record's key says what the record is, and comes first
+        assert_eq!(v.keys().next().map(String::as_str), Some("deal_id"), "{l}");
+        assert!(!v.contains_key("lead_id"), "{l}");
+        assert_eq!((v["field"].as_str(), v["raw_value"].as_str()), (Some("OPPORTUNITY"), Some("\"12.345\"")), "{l}");
+        got.push(v["deal_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, want);
+    // the cell is NULL, the row is there
+    let rows = query(&format!("SELECT id FROM {} WHERE opportunity IS NULL ORDER BY id", glob(&out.join("deals"))));
+    let nulls: Vec<String> = rows.iter().map(|r| r["id"].to_string()).collect();
+    for id in &want {
+        assert!(nulls.contains(id), "deal {id}: OPPORTUNITY should be NULL");
+    }
+
+    // --strict stops at the first, naming the deal (not a lead)
+    let strict = tempdir("deal-strict");
+    let o = export(&sim.webhook_url(), &strict, &["--entity", "deal", "--api", "lead", "--strict"]);
+    assert_eq!(o.status.code(), Some(6), "{:?}", text(&o));
+    let (_, stderr) = text(&o);
+    assert!(want.iter().any(|id| stderr.contains(&format!("field OPPORTUNITY of deal {id}:"))), "{stderr}");
+    assert!(!stderr.contains("of lead"), "{stderr}");
+}

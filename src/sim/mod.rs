@@ -135,6 +135,11 @@ pub fn bad_value_at(position: usize) -> Option<(&'static str, Value)> {
     })
 }
 
+/// The malformed value a deal at `position` gets when [`SimConfig::bad_values`] is on.
+pub fn bad_deal_value_at(position: usize) -> Option<(&'static str, Value)> {
+    (position % 499 == 30).then(|| ("OPPORTUNITY", json!("12.345"))) // money with 3 decimals
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
@@ -1038,9 +1043,13 @@ fn render_rows(state: &State, entity: Entity, ids: &[i64], rows: &[(usize, Vec<T
         rows.iter()
             .map(|(pos, t)| {
                 let mut m = data::render_record(fields, t, ids[*pos], &state.enc, &keep);
-                if state.cfg.bad_values && entity == Entity::Lead {
-                    if let Some((field, raw)) = bad_value_at(*pos) {
-                        if m.contains_key(field) || data::field(field).is_some_and(&keep) {
+                if state.cfg.bad_values {
+                    let bad = match entity {
+                        Entity::Lead => bad_value_at(*pos),
+                        _ => bad_deal_value_at(*pos).filter(|_| entity == Entity::Deal),
+                    };
+                    if let Some((field, raw)) = bad {
+                        if m.contains_key(field) || fields.iter().find(|d| d.name == field).is_some_and(&keep) {
                             m.insert(field.to_string(), raw);
                         }
                     }

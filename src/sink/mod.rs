@@ -1,8 +1,9 @@
 //! Sinks: partitioned Parquet files under `OUT/<dataset>/`.
 //!
 //! Files are written to a local spool folder (`….parquet.tmp` while open, renamed to `part-<run id>-<n>.parquet`
-//! when complete and synced). The export moves finished files into the output's staging area at each checkpoint
-//! and publishes them into the dataset only after the whole run succeeded ([`output`], `export.rs`).
+//! when complete; not synced: the export makes them durable when it moves them into the output's staging area at
+//! each checkpoint, all at once) and publishes them into the dataset only after the whole run succeeded
+//! ([`output`], `export.rs`).
 //!
 //! Work is split in two: the caller's thread routes rows to their partitions (one sorted copy of each batch,
 //! a slice per partition); a small pool of encoder threads (one per core) encodes and compresses Parquet. Every
