@@ -565,20 +565,25 @@ pub fn run(cli: Cli) -> Result<()> {
             let several = runs.len() > 1;
             // each entity is its own run and commit: one that fails does not stop the others; the exit code is
             // the first failure's
-            let mut first_error = None;
+            let (total, mut failed, mut first_error) = (runs.len(), Vec::new(), None);
             for opts in runs {
                 let entity = opts.entity;
                 match export::run_export(opts) {
                     Ok(summary) => print_summary(&summary),
                     Err(e) if several => {
                         tracing::error!("{}: {e}", entity.dataset());
+                        failed.push(entity.dataset());
                         first_error.get_or_insert(e);
                     }
                     Err(e) => return Err(e),
                 }
             }
             match first_error {
-                Some(e) => Err(e),
+                // each failure was reported above; the last line says which, without repeating them
+                Some(first) => Err(Error::Several {
+                    summary: format!("{} of {total} entities failed: {} (see above)", failed.len(), failed.join(", ")),
+                    first: Box::new(first),
+                }),
                 None => Ok(()),
             }
         }

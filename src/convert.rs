@@ -469,7 +469,7 @@ pub fn convert_page_values(
     let mut b = BatchBuilder::new(cols, schema, rows, strict);
     for chunk in chunks {
         let records: Vec<Value> = serde_json::from_str(chunk.get())
-            .map_err(|e| Error::Internal(format!("a list result is not a JSON array: {e}")))?;
+            .map_err(|e| Error::Internal(format!("{NOT_JSON}: {e}")))?;
         for r in &records {
             b.append(r)?;
         }
@@ -1519,7 +1519,7 @@ impl<'a> PageDecoder<'a> {
             self.rows = rows;
         }
         let records: Vec<Value> = serde_json::from_str(text)
-            .map_err(|e| Error::Internal(format!("a list result is not a JSON array: {e}")))?;
+            .map_err(|e| Error::Internal(format!("{NOT_JSON}: {e}")))?;
         for r in &records {
             self.append_record(r)?;
         }
@@ -1668,6 +1668,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
         Ok(())
     }
 }
+
+/// How a list result that does not parse is reported (the raw zone's reader turns it into bad input).
+pub const NOT_JSON: &str = "a list result is not a JSON array";
 
 /// The JSON text of one list call's `result`: as fetched, or a line of the raw zone.
 pub trait ChunkText {

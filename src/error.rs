@@ -76,6 +76,10 @@ pub enum Error {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Some of several runs of one command failed (`--entity all`); each error was reported as it happened. The
+    /// exit code is the first failure's.
+    #[error("{summary}")]
+    Several { summary: String, first: Box<Error> },
 }
 
 impl Error {
@@ -86,6 +90,7 @@ impl Error {
             Error::BadValue(_) => ExitKind::Data,
             Error::Io { .. } | Error::Parquet { .. } | Error::Store { .. } => ExitKind::Output,
             Error::Arrow(_) | Error::Internal(_) => ExitKind::Internal,
+            Error::Several { first, .. } => first.exit_kind(),
         }
     }
 

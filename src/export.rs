@@ -1007,7 +1007,9 @@ fn export_run(
                         let converted = crate::convert::convert_page(&texts, rows, &conv_cols, &conv_schema, strict);
                         let (batch, rejects) = match (converted, &page.lines) {
                             // a raw file that does not parse is bad input, and says which file
-                            (Err(Error::Internal(m)), Some(lines)) => return Err(Error::Usage(format!("{}: {m}", lines.source))),
+                            (Err(Error::Internal(m)), Some(lines)) if m.starts_with(crate::convert::NOT_JSON) => {
+                                return Err(Error::Usage(format!("{}: {m}", lines.source)))
+                            }
                             // the converter knows columns, not entities: name the record as what it is
                             (Err(Error::BadValue(mut b)), _) => {
                                 b.record = entity.name();

@@ -90,4 +90,17 @@ fn convert_from_raw_pages_equals_the_live_export() {
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("a pages file is incomplete"), "{stderr}");
     assert!(!cut.join("leads").exists() || std::fs::read_dir(cut.join("leads")).unwrap().next().is_none(), "nothing published");
+
+    // a frame whose line is not JSON (run.json counting it): bad input, naming the file, not an internal error
+    let mut damaged = bytes.clone();
+    damaged.extend(zstd::bulk::compress(b"{\"ID\": \"1\", oops\n", 3).unwrap());
+    std::fs::write(&pages, &damaged).unwrap();
+    let run_json = runs[0].join("run.json");
+    let mut run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    run["list_calls"] = (run["list_calls"].as_u64().unwrap() + 1).into();
+    std::fs::write(&run_json, run.to_string()).unwrap();
+    let o = bin().args(["--quiet", "convert"]).arg(runs[0].as_path()).arg("--out").arg(dir.join("damaged")).output().unwrap();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("part-00001.jsonl.zst") && stderr.contains("a list result is not a JSON array"), "{stderr}");
 }

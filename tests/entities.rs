@@ -271,3 +271,18 @@ fn rejects_and_strict_errors_name_the_entity_and_its_record() {
     assert!(want.iter().any(|id| stderr.contains(&format!("field OPPORTUNITY of deal {id}:"))), "{stderr}");
     assert!(!stderr.contains("of lead"), "{stderr}");
 }
+
+#[test]
+fn one_failing_entity_does_not_stop_the_others_and_is_reported_once() {
+    let sim = start_sim(SimConfig { leads: 300, deals: 200, contacts: 10, companies: 10, seed: 8, ..SimConfig::default() });
+    let out = tempdir("several");
+    assert_success(&export(&sim.webhook_url(), &out, &["--entity", "deal"]));
+    // the deals dataset exists and --overwrite is not given: deals fail, leads go on
+    let o = export(&sim.webhook_url(), &out, &["--entity", "deal,lead"]);
+    let (stdout, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "the first failure's exit code (usage): {stderr}");
+    assert!(stdout.contains("exported 300 leads into"), "{stdout}");
+    assert_eq!(stderr.matches("already holds a dataset").count(), 1, "each failure is reported once: {stderr}");
+    assert!(stderr.contains("error: 1 of 2 entities failed: deals (see above)"), "{stderr}");
+    assert_eq!(query(&format!("SELECT count(*) AS n FROM {}", glob(&out.join("leads"))))[0]["n"].as_u64(), Some(300));
+}
