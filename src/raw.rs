@@ -297,7 +297,7 @@ fn send_frames<R: Read>(mut f: R, source: &Arc<str>, tx: &tokio::sync::mpsc::Sen
         let n = loop {
             match f.read(&mut buf[have..]) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.map_err(|e| Error::io(source.to_string(), e))?,
+                r => break r.map_err(|e| bad(format!("cannot read it ({e})")))?,
             }
         };
         buf.truncate(have + n);
@@ -307,13 +307,15 @@ fn send_frames<R: Read>(mut f: R, source: &Arc<str>, tx: &tokio::sync::mpsc::Sen
 
 /// Decompresses a pages stream on this thread and sends its lines in pages of up to 50 list calls.
 fn send_lines(input: impl Read, source: &Arc<str>, tx: &tokio::sync::mpsc::Sender<Page>) -> Result<bool> {
-    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| Error::io(source.to_string(), e))?;
+    // a read or zstd error here is bad input (exit 2), not an output that cannot be written
+    let bad = |e: std::io::Error| Error::Usage(format!("{source}: cannot read it ({e})"));
+    let dec = zstd::stream::read::Decoder::new(input).map_err(bad)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, dec);
     let mut lines = Vec::new();
     let mut count = 0;
     loop {
         let before = lines.len();
-        let n = reader.read_until(b'\n', &mut lines).map_err(|e| Error::io(source.to_string(), e))?;
+        let n = reader.read_until(b'\n', &mut lines).map_err(bad)?;
         if n > 0 && lines.len() > before + 1 {
             count += 1;
         }
@@ -431,6 +433,11 @@ mod tests {
         let pages = read_back(&path).unwrap();
         assert_eq!(pages.iter().map(|(z, l)| (*z, l.len())).collect::<Vec<_>>(), vec![(None, 50), (None, 50), (None, 20)]);
         assert_eq!(pages.into_iter().flat_map(|(_, l)| l).collect::<Vec<_>>(), all);
+        // such a stream cut short: bad input (exit 2) naming the file
+        let stream = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &stream[..stream.len() / 2]).unwrap();
+        let e = read_back(&path).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("cannot read it"), "{e}");
 
         // a file cut inside its frame, and a file that is not zstd, are errors that name the file
         let dir = std::env::temp_dir().join(format!("b24-raw-cut-{}", std::process::id()));
