@@ -3,7 +3,8 @@
 //! list, rename and delete. Keys are `/`-separated and relative to the output root
 //! (`leads/date_create=2024-05/part-….parquet`), already escaped the hive way; they are used as given.
 //!
-//! Local files use `std::fs` directly (renames are atomic, files and folders are fsynced). S3 goes through
+//! Local files use `std::fs` directly (renames are atomic; files and folders are synced, one by one or, for the
+//! many files of a checkpoint or a commit, with one `syncfs` of the filesystem). S3 goes through
 //! object_store: a finished file is streamed from disk in parts (multipart upload, two parts in flight at
 //! most, so memory stays at a few parts whatever the file size), and an upload that fails is aborted, so no
 //! partial object ever exists.
