@@ -268,7 +268,7 @@ fn send_frames<R: Read>(mut f: R, source: &Arc<str>, tx: &tokio::sync::mpsc::Sen
                 Ok(Some(size)) if size <= FRAME_MAX => {
                     if let Ok(n) = zstd::zstd_safe::find_frame_compressed_size(rest) {
                         let body = RawLines { bytes: rest[..n].to_vec(), zstd: Some(size as usize), source: source.clone() };
-                        if tx.blocking_send(Page { chunks: Vec::new(), lines: Some(body), rows: 0, covered: Vec::new() }).is_err() {
+                        if !send_raw(tx, body) {
                             return Ok(false);
                         }
                         pos += n;
@@ -305,6 +305,11 @@ fn send_frames<R: Read>(mut f: R, source: &Arc<str>, tx: &tokio::sync::mpsc::Sen
     }
 }
 
+/// Sends lines of the raw zone downstream as a page; false when the converters are gone.
+fn send_raw(tx: &tokio::sync::mpsc::Sender<Page>, body: RawLines) -> bool {
+    tx.blocking_send(Page { chunks: Vec::new(), lines: Some(body), rows: 0, covered: Vec::new() }).is_ok()
+}
+
 /// Decompresses a pages stream on this thread and sends its lines in pages of up to 50 list calls.
 fn send_lines(input: impl Read, source: &Arc<str>, tx: &tokio::sync::mpsc::Sender<Page>) -> Result<bool> {
     // a read or zstd error here is bad input (exit 2), not an output that cannot be written
@@ -321,7 +326,7 @@ fn send_lines(input: impl Read, source: &Arc<str>, tx: &tokio::sync::mpsc::Sende
         }
         if (n == 0 && !lines.is_empty()) || count == PAGE {
             let body = RawLines { bytes: std::mem::take(&mut lines), zstd: None, source: source.clone() };
-            if tx.blocking_send(Page { chunks: Vec::new(), lines: Some(body), rows: 0, covered: Vec::new() }).is_err() {
+            if !send_raw(tx, body) {
                 return Ok(false);
             }
             count = 0;

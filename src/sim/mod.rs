@@ -1046,7 +1046,8 @@ fn render_rows(state: &State, entity: Entity, ids: &[i64], rows: &[(usize, Vec<T
                 if state.cfg.bad_values {
                     let bad = match entity {
                         Entity::Lead => bad_value_at(*pos),
-                        _ => bad_deal_value_at(*pos).filter(|_| entity == Entity::Deal),
+                        Entity::Deal => bad_deal_value_at(*pos),
+                        _ => None,
                     };
                     if let Some((field, raw)) = bad {
                         if m.contains_key(field) || fields.iter().find(|d| d.name == field).is_some_and(&keep) {
