@@ -359,7 +359,8 @@ impl RawLines {
                 buf
             }
         };
-        let text = std::str::from_utf8(bytes).map_err(|e| Error::Usage(format!("{}: a line is not UTF-8 ({e})", self.source)))?;
+        let text = simdutf8::compat::from_utf8(bytes)
+            .map_err(|e| Error::Usage(format!("{}: a line is not UTF-8 ({e})", self.source)))?;
         Ok(text.split('\n').filter(|l| !l.is_empty()).collect())
     }
 }
