@@ -1178,50 +1178,50 @@ fn redo<E: serde::de::Error>() -> E {
     E::custom("convert this chunk through Value")
 }
 
-/// Decodes one value into its column. `Ok(None)`: appended; `Ok(Some(v))`: the value is `v` and it needs
+/// Decodes one value into its column. `Ok(None)`: appended; `Ok(Some(v))`: the value is `v` (boxed: the common answer stays two words) and it needs
 /// [`Col::append_value`]; `Err`: the chunk must be redone.
 struct ColSeed<'c> {
     col: &'c mut Col,
 }
 
 impl<'de> DeserializeSeed<'de> for ColSeed<'_> {
-    type Value = Option<Value>;
+    type Value = Option<Box<Value>>;
     #[inline]
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Box<Value>>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for ColSeed<'_> {
-    type Value = Option<Value>;
+    type Value = Option<Box<Value>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a field value")
     }
     #[inline]
-    fn visit_str<E>(self, s: &str) -> Result<Option<Value>, E> {
-        Ok(if self.col.push_str_fast(s) { None } else { Some(Value::String(s.to_string())) })
+    fn visit_str<E>(self, s: &str) -> Result<Option<Box<Value>>, E> {
+        Ok(if self.col.push_str_fast(s) { None } else { Some(Box::new(Value::String(s.to_string()))) })
     }
-    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+    fn visit_unit<E>(self) -> Result<Option<Box<Value>>, E> {
         self.col.append_empty(); // null means what an absent key means, for every kind
         Ok(None)
     }
-    fn visit_none<E>(self) -> Result<Option<Value>, E> {
+    fn visit_none<E>(self) -> Result<Option<Box<Value>>, E> {
         self.col.append_empty();
         Ok(None)
     }
-    fn visit_bool<E>(self, b: bool) -> Result<Option<Value>, E> {
-        Ok(Some(value_of(serde::de::value::BoolDeserializer::new(b))))
+    fn visit_bool<E>(self, b: bool) -> Result<Option<Box<Value>>, E> {
+        Ok(Some(Box::new(value_of(serde::de::value::BoolDeserializer::new(b)))))
     }
-    fn visit_i64<E>(self, x: i64) -> Result<Option<Value>, E> {
-        Ok(Some(value_of(serde::de::value::I64Deserializer::new(x))))
+    fn visit_i64<E>(self, x: i64) -> Result<Option<Box<Value>>, E> {
+        Ok(Some(Box::new(value_of(serde::de::value::I64Deserializer::new(x)))))
     }
-    fn visit_u64<E>(self, x: u64) -> Result<Option<Value>, E> {
-        Ok(Some(value_of(serde::de::value::U64Deserializer::new(x))))
+    fn visit_u64<E>(self, x: u64) -> Result<Option<Box<Value>>, E> {
+        Ok(Some(Box::new(value_of(serde::de::value::U64Deserializer::new(x)))))
     }
-    fn visit_f64<E>(self, x: f64) -> Result<Option<Value>, E> {
-        Ok(Some(value_of(serde::de::value::F64Deserializer::new(x))))
+    fn visit_f64<E>(self, x: f64) -> Result<Option<Box<Value>>, E> {
+        Ok(Some(Box::new(value_of(serde::de::value::F64Deserializer::new(x)))))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Box<Value>>, A::Error> {
         match self.col {
             Col::Multifield { offsets, id, value_type, value, type_id } => {
                 let mut n = 0;
@@ -1239,10 +1239,10 @@ impl<'de> Visitor<'de> for ColSeed<'_> {
                 offsets.push(last_offset(offsets) + n);
                 Ok(None)
             }
-            _ => Ok(Some(Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?)),
+            _ => Ok(Some(Box::new(Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?))),
         }
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Box<Value>>, A::Error> {
         match self.col {
             Col::File { valid, id, show_url } => {
                 let (mut fid, mut url) = (Scalar::Absent, Scalar::Absent);
@@ -1258,7 +1258,7 @@ impl<'de> Visitor<'de> for ColSeed<'_> {
                 valid.append_non_null();
                 Ok(None)
             }
-            _ => Ok(Some(Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?)),
+            _ => Ok(Some(Box::new(Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?))),
         }
     }
 }
@@ -1645,7 +1645,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
                         col.append_empty();
                         None
                     }
-                    other => other.to_value(),
+                    other => other.to_value().map(Box::new),
                 };
                 id = Some(v);
                 slow
@@ -1657,7 +1657,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
                 if let Err(why) = col.append_value(Some(&v)) {
                     col.truncate(r);
                     col.append_empty();
-                    dec.pending.push((c, v, why));
+                    dec.pending.push((c, *v, why));
                 }
             }
         }
