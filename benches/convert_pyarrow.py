@@ -10,8 +10,8 @@ JSON line: {"rows": N}.
 How: the pages are decompressed as a stream, in blocks of whole lines. pyarrow.json reads JSON objects, one per
 line, and each line here is the array of one list call, so every line is wrapped as {"r": [...]}. pyarrow.json
 cannot read a field whose JSON type changes from row to row, and an empty multiple field comes as false or ""
-besides [], so `"FIELD":false` and `"FIELD":""` of the list and file fields become null first (a plain byte
-replacement: a key pattern like this cannot occur inside a JSON string, where quotes are escaped). The block is
+besides [], so `"FIELD":false` and `"FIELD":""` become `[]` for the list fields and null for the file fields first
+(a plain byte replacement: a key pattern like this cannot occur inside a JSON string, where quotes are escaped). The block is
 read with an explicit schema (strings, lists of strings, the multi-field and file structs), the columns are cast
 with pyarrow.compute, and the batches stream into pyarrow.dataset.write_dataset.
 """
@@ -86,9 +86,10 @@ def scalar(t, s):
     raise ValueError(f"no cast for {t}")
 
 
-def relist(a, values):
-    """The list array `a` with new values; a null list becomes an empty list (its offsets do not move)."""
-    return pa.ListArray.from_arrays(a.offsets, values)
+def relist(a, values, keep_nulls=False):
+    """The list array `a` with new values; a null list stays null, or becomes an empty list (its offsets do not
+    move) for the multi-fields, whose key is absent when a record has no values."""
+    return pa.ListArray.from_arrays(a.offsets, values, mask=pc.is_null(a) if keep_nulls else None)
 
 
 def column(t, a):
@@ -111,11 +112,12 @@ def column(t, a):
         url = pc.if_else(pc.match_substring(url, "auth="), NULL_STR, url)
         return pa.StructArray.from_arrays([fid, url], names=["id", "show_url"], mask=pc.is_null(a))
     if t.endswith("[]"):
-        return relist(a, scalar(t[:-2], a.values))
+        return relist(a, scalar(t[:-2], a.values), keep_nulls=True)
     return scalar(t, a)
 
 
 def batches(pages, cols, nulls):
+    """`nulls`: (pattern, replacement) pairs for the empty list and file values."""
     read_schema = pa.schema([("r", pa.list_(pa.struct([(src, raw_type(t)) for _, src, t in cols])))])
     parse = pj.ParseOptions(explicit_schema=read_schema, unexpected_field_behavior="ignore")
     read = pj.ReadOptions(block_size=4 << 20)
@@ -123,8 +125,8 @@ def batches(pages, cols, nulls):
 
     def convert(block):
         block = b'{"r":' + block.replace(b"\n", b'}\n{"r":')[: -len(b'{"r":')]
-        for pat in nulls:
-            block = block.replace(pat, pat[: pat.index(b":") + 1] + b"null")
+        for pat, by in nulls:
+            block = block.replace(pat, by)
         table = pj.read_json(pa.BufferReader(block), read_options=read, parse_options=parse)
         for chunk in table.column("r").chunks:
             recs = chunk.flatten()  # the records of every line of the chunk
@@ -160,8 +162,10 @@ def main(run_dir, out, schema_path):
     source = {name.lower(): name for name in fields}
     cols = [(c["column"], source[c["column"]], c["duckdb_type"]) for c in schema]
     # the fields whose empty value may come as false or "" where pyarrow.json wants a list or an object
-    mixed = [src for _, src, t in cols if t.endswith("[]") or t == FILE]
-    nulls = [f'"{src}":{v}'.encode() for src in mixed for v in ("false", '""')]
+    lists = [src for _, src, t in cols if t.endswith("[]")]
+    files = [src for _, src, t in cols if t == FILE]
+    nulls = [(f'"{src}":{v}'.encode(), f'"{src}":[]'.encode()) for src in lists for v in ("false", '""')]
+    nulls += [(f'"{src}":{v}'.encode(), f'"{src}":null'.encode()) for src in files for v in ("false", '""')]
     pages = [os.path.join(run_dir, p) for p in run["pages"]]
 
     stream = batches(pages, cols, nulls)

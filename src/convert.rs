@@ -166,7 +166,7 @@ enum Builder {
     Multifield { offsets: Vec<i32>, id: Int64Builder, value_type: StringBuilder, value: StringBuilder, type_id: StringBuilder },
     Money { amount: Decimal128Builder, currency: StringBuilder, valid: NullBufferBuilder },
     File { id: Int64Builder, show_url: StringBuilder, valid: NullBufferBuilder },
-    List { item: DataType, offsets: Vec<i32>, child: Box<Builder> },
+    List { item: DataType, offsets: Vec<i32>, child: Box<Builder>, valid: NullBufferBuilder },
 }
 
 fn decimal_builder(cap: usize) -> Decimal128Builder {
@@ -192,7 +192,9 @@ impl Builder {
             },
             Kind::Money => Builder::Money { amount: decimal_builder(cap), currency: StringBuilder::new(), valid: NullBufferBuilder::new(cap) },
             Kind::File => Builder::File { id: Int64Builder::new(), show_url: StringBuilder::new(), valid: NullBufferBuilder::new(cap) },
-            Kind::List(inner) => Builder::List { item: inner.data_type(), offsets: vec![0], child: Box::new(Builder::new(inner, cap)) },
+            Kind::List(inner) => {
+                Builder::List { item: inner.data_type(), offsets: vec![0], child: Box::new(Builder::new(inner, cap)), valid: NullBufferBuilder::new(cap) }
+            }
         }
     }
 
@@ -264,9 +266,16 @@ impl Builder {
                 }
                 Some(_) => return Err("not a file object".into()),
             },
-            Builder::List { offsets, child, .. } => {
+            Builder::List { offsets, child, valid, .. } => {
+                // absent or null: the portal did not say (CONTACT_IDS is never listed), NULL; false, "" and []:
+                // no values, an empty list
+                if matches!(v, None | Some(Value::Null)) {
+                    offsets.push(last_offset(offsets));
+                    valid.append_null();
+                    return Ok(());
+                }
                 let n = match v {
-                    None | Some(Value::Null) | Some(Value::Bool(false)) => 0,
+                    None | Some(Value::Null) | Some(Value::Bool(false)) => 0, // (absent and null: above)
                     Some(Value::String(s)) if s.is_empty() => 0,
                     Some(Value::Array(a)) => {
                         // check every element before appending any, so a bad element leaves the builder untouched
@@ -282,6 +291,7 @@ impl Builder {
                 };
                 let last = *offsets.last().expect("offsets start with 0");
                 offsets.push(last + n as i32);
+                valid.append_non_null();
             }
         }
         Ok(())
@@ -341,11 +351,11 @@ impl Builder {
                 vec![Arc::new(id.finish()), Arc::new(show_url.finish())],
                 valid.finish(),
             )),
-            Builder::List { item, offsets, child } => {
+            Builder::List { item, offsets, child, valid } => {
                 let values = child.finish();
                 let field = Arc::new(Field::new("element", item.clone(), true));
                 let offs = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
-                Arc::new(ListArray::new(field, offs, values, None))
+                Arc::new(ListArray::new(field, offs, values, valid.finish()))
             }
         }
     }
@@ -631,7 +641,7 @@ enum Col {
     Multifield { offsets: Vec<i32>, id: Prim<i64>, value_type: Strs, value: Strs, type_id: Strs },
     Money { valid: NullBufferBuilder, amount: Prim<i128>, currency: Strs },
     File { valid: NullBufferBuilder, id: Prim<i64>, show_url: Strs },
-    List { item: DataType, offsets: Vec<i32>, child: Box<Col> },
+    List { item: DataType, offsets: Vec<i32>, child: Box<Col>, valid: NullBufferBuilder },
 }
 
 impl Col {
@@ -653,7 +663,9 @@ impl Col {
             },
             Kind::Money => Col::Money { valid: NullBufferBuilder::new(cap), amount: Prim::new(cap), currency: Strs::new(cap, cap * 3) },
             Kind::File => Col::File { valid: NullBufferBuilder::new(cap), id: Prim::new(cap), show_url: Strs::new(cap, cap * 32) },
-            Kind::List(inner) => Col::List { item: inner.data_type(), offsets: Vec::from([0]), child: Box::new(Col::new(inner, cap)) },
+            Kind::List(inner) => {
+                Col::List { item: inner.data_type(), offsets: Vec::from([0]), child: Box::new(Col::new(inner, cap)), valid: NullBufferBuilder::new(cap) }
+            }
         }
     }
 
@@ -704,11 +716,12 @@ impl Col {
                 id.truncate(len);
                 show_url.truncate(len);
             }
-            Col::List { offsets, child, .. } => {
+            Col::List { offsets, child, valid, .. } => {
                 if len + 1 < offsets.len() {
                     let items = offsets[len] as usize;
                     offsets.truncate(len + 1);
                     child.truncate(items);
+                    valid.truncate(len);
                 }
             }
         }
@@ -724,7 +737,11 @@ impl Col {
             Col::Date(p) => p.push_null(),
             Col::Bool(b) => b.push_opt(None),
             Col::Utf8(s) => s.push_null(),
-            Col::Multifield { offsets, .. } | Col::List { offsets, .. } => offsets.push(last_offset(offsets)),
+            Col::Multifield { offsets, .. } => offsets.push(last_offset(offsets)),
+            Col::List { offsets, valid, .. } => {
+                offsets.push(last_offset(offsets));
+                valid.append_null();
+            }
             Col::Money { valid, amount, currency } => {
                 amount.push_null();
                 currency.push_null();
@@ -821,11 +838,12 @@ impl Col {
                 show_url.push_null();
                 valid.append_null();
             }
-            Col::List { offsets, .. } => {
+            Col::List { offsets, valid, .. } => {
                 if !s.is_empty() {
                     return false;
                 }
                 offsets.push(last_offset(offsets));
+                valid.append_non_null();
             }
             Col::Multifield { .. } => return false,
         }
@@ -879,9 +897,14 @@ impl Col {
                 Some(Value::String(s)) if s.is_empty() => self.append_empty(),
                 Some(_) => return Err("not a file object".into()),
             },
-            Col::List { offsets, child, .. } => {
+            Col::List { offsets, child, valid, .. } => {
+                if matches!(v, None | Some(Value::Null)) {
+                    offsets.push(last_offset(offsets));
+                    valid.append_null();
+                    return Ok(());
+                }
                 let n = match v {
-                    None | Some(Value::Null) | Some(Value::Bool(false)) => 0,
+                    None | Some(Value::Null) | Some(Value::Bool(false)) => 0, // (absent and null: above)
                     Some(Value::String(s)) if s.is_empty() => 0,
                     Some(Value::Array(a)) => {
                         // Builder::check then Builder::append: the first bad element decides, as here
@@ -896,6 +919,7 @@ impl Col {
                     Some(_) => return Err("a single value where a list is due".into()),
                 };
                 offsets.push(last_offset(offsets) + n as i32);
+                valid.append_non_null();
             }
         }
         Ok(())
@@ -933,11 +957,11 @@ impl Col {
                 vec![Arc::new(id.finish::<Int64Type>()), Arc::new(show_url.finish())],
                 nulls_of(valid),
             )),
-            Col::List { item, offsets, child } => {
+            Col::List { item, offsets, child, valid } => {
                 let values = child.finish();
                 let field = Arc::new(Field::new("element", item.clone(), true));
                 let offs = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
-                Arc::new(ListArray::new(field, offs, values, None))
+                Arc::new(ListArray::new(field, offs, values, nulls_of(valid)))
             }
         }
     }
@@ -1231,12 +1255,13 @@ impl<'de> Visitor<'de> for ColSeed<'_> {
                 offsets.push(last_offset(offsets) + n);
                 Ok(None)
             }
-            Col::List { offsets, child, .. } => {
+            Col::List { offsets, child, valid, .. } => {
                 let mut n = 0;
                 while let Some(()) = seq.next_element_seed(ElemSeed { col: child })? {
                     n += 1;
                 }
                 offsets.push(last_offset(offsets) + n);
+                valid.append_non_null();
                 Ok(None)
             }
             _ => Ok(Some(Box::new(Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?))),
@@ -1846,7 +1871,18 @@ mod tests {
         let l = b.column(1).as_any().downcast_ref::<ListArray>().unwrap();
         let lens: Vec<i32> = (0..l.len()).map(|i| l.value_length(i)).collect();
         assert_eq!(lens, [0, 0, 0, 0, 2, 0, 0]);
+        // false and [] say "no values"; null, an absent key (CONTACT_IDS, which no list method returns) and a
+        // rejected value say nothing: NULL
+        let nulls: Vec<bool> = (0..l.len()).map(|i| l.is_null(i)).collect();
+        assert_eq!(nulls, [false, false, true, true, false, true, true]);
         assert_eq!(rejects.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(), ["3", "6"]);
+        // the reference (`Value`) path agrees
+        let rows: Vec<Value> = vec![json!({"ID": "0", "F": false}), json!({"ID": "1", "F": null}), json!({"ID": "2"})];
+        let cols = vec![Column::plain("ID", Kind::Int64), Column::plain("F", Kind::List(Box::new(Kind::Int64)))];
+        let schema = crate::schema::arrow_schema(&cols);
+        let (b, _) = convert_rows(&rows, &cols, &schema, false).unwrap();
+        let l = b.column(1).as_any().downcast_ref::<ListArray>().unwrap();
+        assert_eq!((0..3).map(|i| l.is_null(i)).collect::<Vec<_>>(), [false, true, true]);
         let (_, rejects) = one_column(Kind::List(Box::new(Kind::Date)), vec![json!(""), json!(["2000-01-01T02:00:00+02:00"])]);
         assert!(rejects.is_empty(), "an empty multiple date UF is \"\"");
     }

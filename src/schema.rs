@@ -74,9 +74,11 @@ impl Kind {
         }
     }
 
-    /// Whether the column can hold nulls (lists never do: "none" is an empty list).
+    /// Whether the column can hold nulls. A multi-field never does (a record without phones has no PHONE key:
+    /// an empty list); a list is NULL when its key is absent or null (CONTACT_IDS, which no list method returns)
+    /// and empty for `false`, `""` and `[]`.
     pub fn nullable(&self) -> bool {
-        !matches!(self, Kind::Multifield | Kind::List(_))
+        !matches!(self, Kind::Multifield)
     }
 
     /// The type DuckDB shows for this column (`DESCRIBE`).
