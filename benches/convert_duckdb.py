@@ -82,7 +82,7 @@ def column_expr(duck_type, x):
         inner = duck_type[:-2]
         return (
             f"CASE WHEN json_type({x}) = 'ARRAY' THEN list_transform(CAST({x} AS VARCHAR[]), lambda e: {scalar_expr(inner, 'e')}) "
-            f"WHEN {x} IS NULL OR json_type({x}) = 'NULL' THEN NULL ELSE CAST([] AS {duck_type}) END"
+            f"WHEN CAST({x} AS VARCHAR) IN ('false', '\"\"') THEN CAST([] AS {duck_type}) END"
         )
     return scalar_expr(duck_type, x)
 

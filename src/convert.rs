@@ -409,7 +409,7 @@ pub struct Reject {
 
 /// Appends records one at a time and produces a batch; records need not be kept around.
 ///
-/// Lenient (default): a bad value becomes NULL (an empty list for list columns) and a [`Reject`].
+/// Lenient (default): a bad value becomes NULL (an empty list for the multi-fields) and a [`Reject`].
 /// Strict: the first bad value is an error naming the field, the lead and the value.
 pub struct BatchBuilder<'a> {
     cols: &'a [Column],
@@ -696,8 +696,10 @@ impl Col {
                 }
             }
             Col::Utf8(s) => s.truncate(len),
+            // `len < offsets.len()`, not `len + 1 <`: a list cut short by a bad element has pushed elements but
+            // no offset yet, and they must go too, or the next list would start with them
             Col::Multifield { offsets, id, value_type, value, type_id } => {
-                if len + 1 < offsets.len() {
+                if len < offsets.len() {
                     let items = offsets[len] as usize;
                     offsets.truncate(len + 1);
                     id.truncate(items);
@@ -717,7 +719,7 @@ impl Col {
                 show_url.truncate(len);
             }
             Col::List { offsets, child, valid, .. } => {
-                if len + 1 < offsets.len() {
+                if len < offsets.len() {
                     let items = offsets[len] as usize;
                     offsets.truncate(len + 1);
                     child.truncate(items);
@@ -2133,13 +2135,21 @@ mod tests {
             ("LB", r#"["1","maybe"]"#), ("LF", r#"[{"id":1},{"id":"x"}]"#), ("LF", r#"["/file"]"#), ("LM", r#"["1|USD","x|EUR"]"#), ("LM", "[7]"), ("LL", r#"[["1"]]"#), ("LL", r#"[1]"#),
         ];
         for (field, v) in bad {
-            // the bad value before the ID, between good values, and a second record after it
-            let text = format!(r#"[{{"I":"1","{field}":{v},"S":"s","ID":"77"}},{{"ID":"78","I":"2"}}]"#);
-            let text = text.replacen(r#""I":"1","I":"#, r#""I":"#, 1); // a bad I replaces the good one
-            let got = assert_same(&raw(&[&text]), 2, &cols, &schema);
-            if let Some((_, rejects)) = got {
-                let mine: Vec<_> = rejects.iter().filter(|r| r.record_id == "77").collect();
-                assert!(mine.len() <= 1, "{field}: {v}: {rejects:?}");
+            // the bad value before the ID, between good values, and records with lists after it (a list cut short by
+            // its bad element must leave nothing behind for them); first in its chunk and after another record
+            let after = r#"{"ID":"78","I":"2","LI":["5","6"],"PHONE":[{"ID":"9","VALUE":"v"}]},{"ID":"79","LI":["7"]}"#;
+            for before in ["", r#"{"ID":"76","LI":["4"],"PHONE":[{"ID":"8","VALUE":"u"}]},"#] {
+                let text = format!(r#"[{before}{{"I":"1","{field}":{v},"S":"s","ID":"77"}},{after}]"#);
+                let text = text.replacen(r#""I":"1","I":"#, r#""I":"#, 1); // a bad I replaces the good one
+                let rows = if before.is_empty() { 3 } else { 4 };
+                let got = assert_same(&raw(&[&text]), rows, &cols, &schema);
+                if let Some((batch, rejects)) = got {
+                    let mine: Vec<_> = rejects.iter().filter(|r| r.record_id == "77").collect();
+                    assert!(mine.len() <= 1, "{field}: {v}: {rejects:?}");
+                    let li = batch.column_by_name("li").unwrap().as_any().downcast_ref::<ListArray>().unwrap();
+                    let last: Vec<i64> = li.value(rows - 1).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap().values().to_vec();
+                    assert_eq!(last, [7], "{field}: {v}: the record after keeps its own list");
+                }
             }
         }
         // two bad values in one record: both rejects, in column order; strict names the first column
