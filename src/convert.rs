@@ -1204,8 +1204,8 @@ fn redo<E: serde::de::Error>() -> E {
     E::custom("convert this chunk through Value")
 }
 
-/// Decodes one value into its column. `Ok(None)`: appended; `Ok(Some(v))`: the value is `v` (boxed: the common answer stays two words) and it needs
-/// [`Col::append_value`]; `Err`: the chunk must be redone.
+/// Decodes one value into its column. `Ok(None)`: appended; `Ok(Some(v))`: the value is `v` and it needs
+/// [`Col::append_value`] (boxed, so that the common answer stays two words); `Err`: the chunk must be redone.
 struct ColSeed<'c> {
     col: &'c mut Col,
 }
