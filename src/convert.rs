@@ -267,15 +267,14 @@ impl Builder {
                 Some(_) => return Err("not a file object".into()),
             },
             Builder::List { offsets, child, valid, .. } => {
-                // absent or null: the portal did not say (CONTACT_IDS is never listed), NULL; false, "" and []:
-                // no values, an empty list
-                if matches!(v, None | Some(Value::Null)) {
-                    offsets.push(last_offset(offsets));
-                    valid.append_null();
-                    return Ok(());
-                }
                 let n = match v {
-                    None | Some(Value::Null) | Some(Value::Bool(false)) => 0, // (absent and null: above)
+                    // absent or null: the portal did not say (CONTACT_IDS is never listed); false, "" and []: no values
+                    None | Some(Value::Null) => {
+                        offsets.push(last_offset(offsets));
+                        valid.append_null();
+                        return Ok(());
+                    }
+                    Some(Value::Bool(false)) => 0,
                     Some(Value::String(s)) if s.is_empty() => 0,
                     Some(Value::Array(a)) => {
                         // check every element before appending any, so a bad element leaves the builder untouched
@@ -900,13 +899,13 @@ impl Col {
                 Some(_) => return Err("not a file object".into()),
             },
             Col::List { offsets, child, valid, .. } => {
-                if matches!(v, None | Some(Value::Null)) {
-                    offsets.push(last_offset(offsets));
-                    valid.append_null();
-                    return Ok(());
-                }
                 let n = match v {
-                    None | Some(Value::Null) | Some(Value::Bool(false)) => 0, // (absent and null: above)
+                    None | Some(Value::Null) => {
+                        offsets.push(last_offset(offsets));
+                        valid.append_null();
+                        return Ok(());
+                    }
+                    Some(Value::Bool(false)) => 0,
                     Some(Value::String(s)) if s.is_empty() => 0,
                     Some(Value::Array(a)) => {
                         // Builder::check then Builder::append: the first bad element decides, as here
