@@ -711,7 +711,7 @@ fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> 
         .columns()
         .iter()
         .map(|c| match c.data_type() {
-            DataType::List(f) if f.data_type().primitive_width().is_none() => take_list(c.as_list::<i32>(), indices),
+            DataType::List(f) if f.data_type().primitive_width().is_none() => take_list(f, c.as_list::<i32>(), indices),
             _ => arrow_select::take::take(c, indices, None),
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -719,7 +719,11 @@ fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> 
     Ok(RecordBatch::try_new_with_options(batch.schema(), columns, &options)?)
 }
 
-fn take_list(list: &arrow_array::ListArray, indices: &UInt32Array) -> std::result::Result<arrow_array::ArrayRef, arrow_schema::ArrowError> {
+fn take_list(
+    field: &arrow_schema::FieldRef,
+    list: &arrow_array::ListArray,
+    indices: &UInt32Array,
+) -> std::result::Result<arrow_array::ArrayRef, arrow_schema::ArrowError> {
     let offsets = list.value_offsets();
     let mut taken_offsets: Vec<i32> = Vec::with_capacity(indices.len() + 1);
     let mut elements: Vec<u32> = Vec::new();
@@ -733,11 +737,7 @@ fn take_list(list: &arrow_array::ListArray, indices: &UInt32Array) -> std::resul
     }
     let values = arrow_select::take::take(list.values(), &UInt32Array::from(elements), None)?;
     let nulls = list.nulls().map(|n| indices.values().iter().map(|&row| n.is_valid(row as usize)).collect::<arrow_buffer::NullBuffer>());
-    let field = match list.data_type() {
-        DataType::List(f) => f.clone(),
-        _ => unreachable!("a list"),
-    };
-    Ok(Arc::new(arrow_array::ListArray::try_new(field, arrow_buffer::OffsetBuffer::new(taken_offsets.into()), values, nulls)?))
+    Ok(Arc::new(arrow_array::ListArray::try_new(field.clone(), arrow_buffer::OffsetBuffer::new(taken_offsets.into()), values, nulls)?))
 }
 
 /// Leaf columns of a sample with many distinct values (at least [`DISTINCT_SHARE`] of their non-null values)
