@@ -90,7 +90,7 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    b24_export::sink::limit_malloc_arenas(); // as the binary does
+    b24_export::sink::tune_c_malloc(); // as the binary does
     let n: usize = env("B24_BENCH_LEADS").unwrap_or(200_000);
     let rounds: usize = env("B24_BENCH_ROUNDS").unwrap_or(3);
     let ranges: usize = env::<usize>("B24_BENCH_RANGES").unwrap_or(32).max(1);

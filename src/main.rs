@@ -38,7 +38,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    b24_export::sink::limit_malloc_arenas();
+    b24_export::sink::tune_c_malloc();
     install_panic_redaction();
     // register webhook codes before anything can echo them, including the argument parser's own errors
     for arg in std::env::args() {
