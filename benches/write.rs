@@ -147,7 +147,7 @@ fn main() {
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let mut groups = Vec::new();
     for f in &files {
-        let r = SerializedFileReader::new(File::open(dir.join(&f.path)).expect("open")).expect("read");
+        let r = SerializedFileReader::new(File::open(&f.local).expect("open")).expect("read");
         groups.extend(r.metadata().row_groups().iter().map(|g| g.num_rows()));
     }
     let _ = std::fs::remove_dir_all(&dir);

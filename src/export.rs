@@ -578,7 +578,6 @@ struct RunWriter {
     out: Arc<Output>,
     rt: tokio::runtime::Handle,
     staging: String,
-    spool: PathBuf,
     rejects: RejectsLog,
     ckpt: Checkpoint,
     /// Whether a checkpoint exists in the output (written by this run or the one it resumes).
@@ -662,7 +661,7 @@ impl RunWriter {
         // the writer does not sync its files: staging them makes them durable, before the checkpoint names them
         let moves: Vec<(PathBuf, String)> = files
             .iter()
-            .map(|f| (self.spool.join(self.dataset).join(&f.path), format!("{}/{}/{}", self.staging, self.dataset, f.path)))
+            .map(|f| (f.local.clone(), format!("{}/{}/{}", self.staging, self.dataset, f.path)))
             .collect();
         self.rt.block_on(self.out.put_files(&moves))?;
         for f in files {
@@ -1043,7 +1042,6 @@ fn export_run(
         out: out.clone(),
         rt: rt.handle().clone(),
         staging: staging.clone(),
-        spool: spool.to_path_buf(),
         rejects: RejectsLog::new(spool.join(REJECTS), ckpt.reject_segments.len(), ckpt.rejects.clone(), opts.entity.id_key()),
         ckpt,
         saved,
@@ -1142,7 +1140,7 @@ fn export_run(
             let merge_spool = spool.join("merge");
             let at = chrono::Utc::now().timestamp_micros();
             if let Some(info) = rt.block_on(merge::rewrite_without(out, dataset, f, &drop, &mark, at, &merge_spool, &name, &run_id))? {
-                rt.block_on(out.put_file(&merge_spool.join(&info.path), &format!("{staging}/{dataset}/{}", info.path)))?;
+                rt.block_on(out.put_file(&info.local, &format!("{staging}/{dataset}/{}", info.path)))?;
                 ckpt.files.push(ManifestFile { path: info.path, rows: info.rows, bytes: info.bytes });
             }
         }

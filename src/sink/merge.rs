@@ -221,7 +221,7 @@ pub async fn rewrite_without(
         let _ = std::fs::remove_file(&local);
         return Ok(None);
     }
-    Ok(Some(FileInfo { path: rel, rows, bytes }))
+    Ok(Some(FileInfo { path: rel, local, rows, bytes }))
 }
 
 /// Sets `deleted_at` of the rows whose ID is in `mark` (adding the column if the batch lacks it).
