@@ -766,8 +766,10 @@ fn choose_dictionaries(props: WriterProperties, sample: &[&RecordBatch]) -> Writ
 /// The hasher of the distinct-value count: foldhash, not std's SipHash, which took 1.5 % of a conversion's CPU.
 type FastHash = foldhash::fast::RandomState;
 
-/// Values looked at per column at most.
-const SAMPLE_VALUES: usize = 20_000;
+/// Values looked at per column at most. The sample is counted once per run, on the routing thread, while the
+/// pipeline waits: 20,000 values per column took ~20 ms (1,000,000 leads: 94.7 MiB of Parquet with 20,000,
+/// 95.0 MiB with 5,000; 200,000 leads: 2.5 % less CPU with 5,000 and files 0.1 % smaller).
+const SAMPLE_VALUES: usize = 5_000;
 /// A column gets no dictionary when its distinct values are at least this share of its values.
 const DISTINCT_SHARE: f64 = 0.2;
 
