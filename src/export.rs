@@ -1254,7 +1254,24 @@ fn export_run(
     };
     let write_rejects = rejects_total > 0 || !kept_rejects.is_empty();
     let publish = async {
+        // a partition folder new to the dataset moves whole (one rename, no mkdir of a new folder); the others,
+        // file by file
+        let mut per_folder: BTreeMap<&str, usize> = BTreeMap::new();
         for f in &ckpt.files {
+            if let Some((folder, _)) = f.path.rsplit_once('/') {
+                *per_folder.entry(folder).or_default() += 1;
+            }
+        }
+        let mut moved: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (folder, files) in per_folder {
+            if out.move_new_folder(&format!("{staging}/{dataset}/{folder}"), &format!("{dataset}/{folder}"), files)? {
+                moved.insert(folder);
+            }
+        }
+        for f in &ckpt.files {
+            if f.path.rsplit_once('/').is_some_and(|(folder, _)| moved.contains(folder)) {
+                continue;
+            }
             let (from, to) = (format!("{staging}/{dataset}/{}", f.path), format!("{dataset}/{}", f.path));
             if let Err(e) = out.rename_unsynced(&from, &to).await {
                 // moved already by an earlier attempt that stopped before its commit?

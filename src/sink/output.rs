@@ -9,6 +9,7 @@
 //! most, so memory stays at a few parts whatever the file size), and an upload that fails is aborted, so no
 //! partial object ever exists.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -208,7 +209,31 @@ impl Output {
     pub async fn put_files(&self, files: &[(PathBuf, String)]) -> Result<()> {
         match self {
             Output::Local { root } => {
+                // a spool folder whose files all move to a folder not yet there moves whole: the partition
+                // folders of a run's last checkpoint were made by the encoders, not here, one by one, at the end
+                let mut per_folder: BTreeMap<(&Path, PathBuf), usize> = BTreeMap::new();
                 for (local, key) in files {
+                    if let (Some(from), Some(to)) = (local.parent(), root.join(key).parent()) {
+                        if local.file_name() == Path::new(key).file_name() {
+                            *per_folder.entry((from, to.to_path_buf())).or_default() += 1;
+                        }
+                    }
+                }
+                let mut moved: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+                let mut targets: BTreeMap<&Path, usize> = BTreeMap::new();
+                for (from, _) in per_folder.keys() {
+                    *targets.entry(*from).or_default() += 1;
+                }
+                for ((from, to), n) in &per_folder {
+                    // a folder whose files go to two places moves file by file
+                    if targets[from] == 1 && move_folder_if_new(from, to, *n)? {
+                        moved.insert(*from);
+                    }
+                }
+                for (local, key) in files {
+                    if local.parent().is_some_and(|p| moved.contains(p)) {
+                        continue;
+                    }
                     move_local(local, &root.join(key), false)?;
                 }
                 if !files.is_empty() {
@@ -479,6 +504,15 @@ impl Output {
         self.rename_with(from, to, false).await
     }
 
+    /// On a local output, moves the folder `from` to `to` in one rename when `to` does not exist yet and `from`
+    /// holds exactly `files` entries (what the caller is about to move one by one). Returns whether it moved;
+    /// `false` (S3, a folder that exists, other entries, a rename refused) leaves everything as it was. Not
+    /// synced ([`Output::sync`]). A partition new to a dataset thus costs no `mkdir` at commit.
+    pub fn move_new_folder(&self, from: &str, to: &str, files: usize) -> Result<bool> {
+        let Output::Local { root } = self else { return Ok(false) };
+        move_folder_if_new(&root.join(from), &root.join(to), files)
+    }
+
     /// Makes the local renames and writes so far durable (a local output; S3 has nothing to sync).
     pub fn sync(&self) -> Result<()> {
         match self {
@@ -628,6 +662,22 @@ fn sync_filesystem(root: &Path, written: impl Iterator<Item = PathBuf>) -> Resul
     }
 }
 
+/// Renames the folder `from` to `to` when `to` does not exist and `from` holds exactly `files` entries; whether
+/// it did. Linux only, where [`sync_filesystem`] makes the rename durable with the rest (elsewhere each file's
+/// folder is synced after its own rename, which a folder rename would skip).
+fn move_folder_if_new(from: &Path, to: &Path, files: usize) -> Result<bool> {
+    if !cfg!(target_os = "linux") || std::fs::symlink_metadata(to).is_ok() {
+        return Ok(false);
+    }
+    if std::fs::read_dir(from).map_or(true, |entries| entries.count() != files) {
+        return Ok(false);
+    }
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(std::fs::rename(from, to).is_ok())
+}
+
 fn rename_local(from: &Path, to: &Path) -> Result<()> {
     move_local(from, to, true)
 }
@@ -694,6 +744,51 @@ mod tests {
             assert!(!root.join("n").exists(), "an emptied folder is removed");
             assert!(out.get("n/d.json").await.unwrap().is_none());
         });
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Files put from a local spool land at their keys whichever way they move: a whole folder (new target,
+    /// nothing else in it), or one by one (the target folder exists, the spool folder holds a file not put now,
+    /// the folder's files go to two places).
+    #[test]
+    fn put_files_moves_new_folders_whole_and_the_rest_file_by_file() {
+        let root = std::env::temp_dir().join(format!("b24-put-{}-{}", std::process::id(), fastrand::u32(..)));
+        let spool = root.join("spool");
+        let out = Output::Local { root: root.join("out") };
+        let write = |rel: &str, text: &str| {
+            let p = spool.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        std::fs::create_dir_all(root.join("out/st/exists")).unwrap();
+        std::fs::write(root.join("out/st/exists/old.parquet"), "old").unwrap();
+        let files = vec![
+            (write("new/a.parquet", "a"), "st/new/a.parquet".to_string()),
+            (write("new/b.parquet", "b"), "st/new/b.parquet".to_string()),
+            (write("exists/c.parquet", "c"), "st/exists/c.parquet".to_string()),
+            (write("busy/d.parquet", "d"), "st/busy/d.parquet".to_string()),
+            (write("split/e.parquet", "e"), "st/one/e.parquet".to_string()),
+            (write("split/f.parquet", "f"), "st/two/f.parquet".to_string()),
+        ];
+        write("busy/open.parquet.tmp", "still being written");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(out.put_files(&files)).unwrap();
+        for (name, text) in [("new/a", "a"), ("new/b", "b"), ("exists/c", "c"), ("exists/old", "old"), ("busy/d", "d"), ("one/e", "e"), ("two/f", "f")] {
+            assert_eq!(std::fs::read_to_string(root.join(format!("out/st/{name}.parquet"))).unwrap(), text, "{name}");
+        }
+        for (local, _) in &files {
+            assert!(!local.exists(), "{} left behind", local.display());
+        }
+        assert!(!spool.join("new").exists(), "the new folder moved whole");
+        assert!(spool.join("busy/open.parquet.tmp").exists(), "a file not put stays in the spool");
+        assert!(!root.join("out/st/busy/open.parquet.tmp").exists(), "and does not reach the output");
+        // the dataset side: a partition folder new to the dataset moves whole, an existing one does not
+        assert!(out.move_new_folder("st/new", "ds/new", 2).unwrap());
+        assert_eq!(std::fs::read_to_string(root.join("out/ds/new/b.parquet")).unwrap(), "b");
+        assert!(!out.move_new_folder("st/exists", "ds/new", 2).unwrap(), "the target exists");
+        assert!(!out.move_new_folder("st/exists", "ds/other", 1).unwrap(), "two entries, one expected");
+        assert!(root.join("out/st/exists/c.parquet").exists() && !root.join("out/ds/other").exists());
         let _ = std::fs::remove_dir_all(&root);
     }
 }
