@@ -1256,15 +1256,15 @@ fn export_run(
     let publish = async {
         // a partition folder new to the dataset moves whole (one rename, no mkdir of a new folder); the others,
         // file by file
-        let mut per_folder: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut per_folder: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for f in &ckpt.files {
-            if let Some((folder, _)) = f.path.rsplit_once('/') {
-                *per_folder.entry(folder).or_default() += 1;
+            if let Some((folder, name)) = f.path.rsplit_once('/') {
+                per_folder.entry(folder).or_default().push(name);
             }
         }
         let mut moved: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for (folder, files) in per_folder {
-            if out.move_new_folder(&format!("{staging}/{dataset}/{folder}"), &format!("{dataset}/{folder}"), files)? {
+        for (folder, names) in per_folder {
+            if out.move_new_folder(&format!("{staging}/{dataset}/{folder}"), &format!("{dataset}/{folder}"), &names)? {
                 moved.insert(folder);
             }
         }

@@ -848,11 +848,12 @@ fn mostly_distinct(path: &mut Vec<String>, field: &Field, arrays: &[&dyn Array],
 /// - One arena per core: glibc gives threads their own arenas (up to 8 per core), and memory freed on another
 ///   thread piles up in arenas that are never reused (before jemalloc, this cut the peak RSS of converting
 ///   1,000,000 leads from 229–252 to 203–206 MiB).
-/// - No trimming and no `mmap` below 32 MiB: parquet makes a zstd compressor and decompressor for every column
-///   chunk (~8,200 of each for 200,000 leads), ~100 KB–1 MB each. With glibc's default (dynamic) thresholds the
-///   heap was trimmed after each and the next context faulted its pages in again: 40 % of the page faults of a
-///   200,000-lead conversion (110k → 65k faults, 2–5 % of the CPU time). The memory kept is what the contexts
-///   of the encoders use at once, a few MiB.
+/// - The heap is trimmed only beyond 256 MiB free at its top, and no block below 32 MiB is `mmap`ed: parquet makes
+///   a zstd compressor and decompressor for every column chunk (~8,200 of each for 200,000 leads), ~100 KB–1 MB
+///   each. With glibc's default (dynamic) thresholds the heap was trimmed after each and the next context faulted
+///   its pages in again: 40 % of the page faults of a 200,000-lead conversion (110k → 65k faults, 2–5 % of the
+///   CPU time). The heap then holds what the encoders' contexts use at once (peak RSS fell, see the spill
+///   buffers).
 pub fn tune_c_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

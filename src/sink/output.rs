@@ -209,13 +209,14 @@ impl Output {
     pub async fn put_files(&self, files: &[(PathBuf, String)]) -> Result<()> {
         match self {
             Output::Local { root } => {
-                // a spool folder whose files all move to a folder not yet there moves whole: the partition
-                // folders of a run's last checkpoint were made by the encoders, not here, one by one, at the end
-                let mut per_folder: BTreeMap<(&Path, PathBuf), usize> = BTreeMap::new();
+                // a local folder whose files all move, under the same names, to one folder not yet there moves
+                // whole: the partition folders of a checkpoint (made by the encoders during the run) and the raw
+                // pages' folder, instead of a new folder made here, at the end, and a rename per file
+                let mut per_folder: BTreeMap<(&Path, PathBuf), Vec<&std::ffi::OsStr>> = BTreeMap::new();
                 for (local, key) in files {
-                    if let (Some(from), Some(to)) = (local.parent(), root.join(key).parent()) {
-                        if local.file_name() == Path::new(key).file_name() {
-                            *per_folder.entry((from, to.to_path_buf())).or_default() += 1;
+                    if let (Some(from), Some(to), Some(name)) = (local.parent(), root.join(key).parent(), local.file_name()) {
+                        if Path::new(key).file_name() == Some(name) {
+                            per_folder.entry((from, to.to_path_buf())).or_default().push(name);
                         }
                     }
                 }
@@ -224,10 +225,10 @@ impl Output {
                 for (from, _) in per_folder.keys() {
                     *targets.entry(*from).or_default() += 1;
                 }
-                for ((from, to), n) in &per_folder {
+                for ((from, to), names) in per_folder {
                     // a folder whose files go to two places moves file by file
-                    if targets[from] == 1 && move_folder_if_new(from, to, *n)? {
-                        moved.insert(*from);
+                    if targets[from] == 1 && move_folder_if_new(from, &to, names.into_iter().collect())? {
+                        moved.insert(from);
                     }
                 }
                 for (local, key) in files {
@@ -505,12 +506,12 @@ impl Output {
     }
 
     /// On a local output, moves the folder `from` to `to` in one rename when `to` does not exist yet and `from`
-    /// holds exactly `files` entries (what the caller is about to move one by one). Returns whether it moved;
-    /// `false` (S3, a folder that exists, other entries, a rename refused) leaves everything as it was. Not
-    /// synced ([`Output::sync`]). A partition new to a dataset thus costs no `mkdir` at commit.
-    pub fn move_new_folder(&self, from: &str, to: &str, files: usize) -> Result<bool> {
+    /// holds exactly the files `names` (what the caller is about to move one by one). Returns whether it moved;
+    /// `false` (S3, a folder that exists, other or missing entries, a rename refused) leaves everything as it
+    /// was. Not synced ([`Output::sync`]). A partition new to a dataset thus costs no `mkdir` at commit.
+    pub fn move_new_folder(&self, from: &str, to: &str, names: &[&str]) -> Result<bool> {
         let Output::Local { root } = self else { return Ok(false) };
-        move_folder_if_new(&root.join(from), &root.join(to), files)
+        move_folder_if_new(&root.join(from), &root.join(to), names.iter().map(std::ffi::OsStr::new).collect())
     }
 
     /// Makes the local renames and writes so far durable (a local output; S3 has nothing to sync).
@@ -662,14 +663,23 @@ fn sync_filesystem(root: &Path, written: impl Iterator<Item = PathBuf>) -> Resul
     }
 }
 
-/// Renames the folder `from` to `to` when `to` does not exist and `from` holds exactly `files` entries; whether
-/// it did. Linux only, where [`sync_filesystem`] makes the rename durable with the rest (elsewhere each file's
-/// folder is synced after its own rename, which a folder rename would skip).
-fn move_folder_if_new(from: &Path, to: &Path, files: usize) -> Result<bool> {
+/// Renames the folder `from` to `to` when `to` does not exist and `from` holds exactly the entries `names`;
+/// whether it did. Linux only, where [`sync_filesystem`] makes the rename durable with the rest (elsewhere each
+/// file's folder is synced after its own rename, which a folder rename would skip).
+fn move_folder_if_new(from: &Path, to: &Path, names: std::collections::BTreeSet<&std::ffi::OsStr>) -> Result<bool> {
     if !cfg!(target_os = "linux") || std::fs::symlink_metadata(to).is_ok() {
         return Ok(false);
     }
-    if std::fs::read_dir(from).map_or(true, |entries| entries.count() != files) {
+    let Ok(entries) = std::fs::read_dir(from) else { return Ok(false) };
+    let mut found = 0;
+    for e in entries {
+        let Ok(e) = e else { return Ok(false) };
+        if !names.contains(e.file_name().as_os_str()) {
+            return Ok(false);
+        }
+        found += 1;
+    }
+    if found != names.len() {
         return Ok(false);
     }
     if let Some(parent) = to.parent() {
@@ -784,10 +794,12 @@ mod tests {
         assert!(spool.join("busy/open.parquet.tmp").exists(), "a file not put stays in the spool");
         assert!(!root.join("out/st/busy/open.parquet.tmp").exists(), "and does not reach the output");
         // the dataset side: a partition folder new to the dataset moves whole, an existing one does not
-        assert!(out.move_new_folder("st/new", "ds/new", 2).unwrap());
+        assert!(!out.move_new_folder("st/new", "ds/new", &["a.parquet", "x.parquet"]).unwrap(), "a name not there");
+        assert!(!out.move_new_folder("st/new", "ds/new", &["a.parquet"]).unwrap(), "an entry not named");
+        assert!(out.move_new_folder("st/new", "ds/new", &["b.parquet", "a.parquet"]).unwrap());
         assert_eq!(std::fs::read_to_string(root.join("out/ds/new/b.parquet")).unwrap(), "b");
-        assert!(!out.move_new_folder("st/exists", "ds/new", 2).unwrap(), "the target exists");
-        assert!(!out.move_new_folder("st/exists", "ds/other", 1).unwrap(), "two entries, one expected");
+        assert!(!out.move_new_folder("st/exists", "ds/new", &["c.parquet", "old.parquet"]).unwrap(), "the target exists");
+        assert!(!out.move_new_folder("st/exists", "ds/other", &["c.parquet"]).unwrap(), "two entries, one expected");
         assert!(root.join("out/st/exists/c.parquet").exists() && !root.join("out/ds/other").exists());
         let _ = std::fs::remove_dir_all(&root);
     }
