@@ -1254,28 +1254,17 @@ fn export_run(
     };
     let write_rejects = rejects_total > 0 || !kept_rejects.is_empty();
     let publish = async {
-        // a partition folder new to the dataset moves whole (one rename, no mkdir of a new folder); the others,
-        // file by file
-        let mut per_folder: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for f in &ckpt.files {
-            if let Some((folder, name)) = f.path.rsplit_once('/') {
-                per_folder.entry(folder).or_default().push(name);
-            }
-        }
-        let mut moved: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for (folder, names) in per_folder {
-            if out.move_new_folder(&format!("{staging}/{dataset}/{folder}"), &format!("{dataset}/{folder}"), &names)? {
-                moved.insert(folder);
-            }
-        }
-        for f in &ckpt.files {
-            if f.path.rsplit_once('/').is_some_and(|(folder, _)| moved.contains(folder)) {
+        // a partition folder new to the dataset moves whole (one rename, no folder made); the others, file by file
+        let renames: Vec<(String, String)> =
+            ckpt.files.iter().map(|f| (format!("{staging}/{dataset}/{}", f.path), format!("{dataset}/{}", f.path))).collect();
+        let moved = out.rename_whole_folders(&renames)?;
+        for (f, (from, to)) in ckpt.files.iter().zip(&renames) {
+            if moved.contains(from) {
                 continue;
             }
-            let (from, to) = (format!("{staging}/{dataset}/{}", f.path), format!("{dataset}/{}", f.path));
-            if let Err(e) = out.rename_unsynced(&from, &to).await {
+            if let Err(e) = out.rename_unsynced(from, to).await {
                 // moved already by an earlier attempt that stopped before its commit?
-                if out.get_size(&from).await?.is_some() || out.get_size(&to).await? != Some(f.bytes) {
+                if out.get_size(from).await?.is_some() || out.get_size(to).await? != Some(f.bytes) {
                     return Err(e.into());
                 }
             }

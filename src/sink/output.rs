@@ -9,7 +9,8 @@
 //! most, so memory stays at a few parts whatever the file size), and an upload that fails is aborted, so no
 //! partial object ever exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -209,33 +210,15 @@ impl Output {
     pub async fn put_files(&self, files: &[(PathBuf, String)]) -> Result<()> {
         match self {
             Output::Local { root } => {
-                // a local folder whose files all move, under the same names, to one folder not yet there moves
-                // whole: the partition folders of a checkpoint (made by the encoders during the run) and the raw
-                // pages' folder, instead of a new folder made here, at the end, and a rename per file
-                let mut per_folder: BTreeMap<(&Path, PathBuf), Vec<&std::ffi::OsStr>> = BTreeMap::new();
-                for (local, key) in files {
-                    if let (Some(from), Some(to), Some(name)) = (local.parent(), root.join(key).parent(), local.file_name()) {
-                        if Path::new(key).file_name() == Some(name) {
-                            per_folder.entry((from, to.to_path_buf())).or_default().push(name);
-                        }
-                    }
-                }
-                let mut moved: std::collections::HashSet<&Path> = std::collections::HashSet::new();
-                let mut targets: BTreeMap<&Path, usize> = BTreeMap::new();
-                for (from, _) in per_folder.keys() {
-                    *targets.entry(*from).or_default() += 1;
-                }
-                for ((from, to), names) in per_folder {
-                    // a folder whose files go to two places moves file by file
-                    if targets[from] == 1 && move_folder_if_new(from, &to, names.into_iter().collect())? {
-                        moved.insert(from);
-                    }
-                }
-                for (local, key) in files {
-                    if local.parent().is_some_and(|p| moved.contains(p)) {
+                // the partition folders of a checkpoint (made by the encoders during the run) and the raw pages'
+                // folder move whole when they are new to the staging area: no folder made here, at the end
+                let moves: Vec<(PathBuf, PathBuf)> = files.iter().map(|(local, key)| (local.clone(), root.join(key))).collect();
+                let moved = move_whole_folders(&moves)?;
+                for (from, to) in &moves {
+                    if from.parent().is_some_and(|p| moved.contains(p)) {
                         continue;
                     }
-                    move_local(local, &root.join(key), false)?;
+                    move_local(from, to, false)?;
                 }
                 if !files.is_empty() {
                     sync_filesystem(root, files.iter().map(|(_, key)| root.join(key)))?;
@@ -505,13 +488,20 @@ impl Output {
         self.rename_with(from, to, false).await
     }
 
-    /// On a local output, moves the folder `from` to `to` in one rename when `to` does not exist yet and `from`
-    /// holds exactly the files `names` (what the caller is about to move one by one). Returns whether it moved;
-    /// `false` (S3, a folder that exists, other or missing entries, a rename refused) leaves everything as it
-    /// was. Not synced ([`Output::sync`]). A partition new to a dataset thus costs no `mkdir` at commit.
-    pub fn move_new_folder(&self, from: &str, to: &str, names: &[&str]) -> Result<bool> {
-        let Output::Local { root } = self else { return Ok(false) };
-        move_folder_if_new(&root.join(from), &root.join(to), names.iter().map(std::ffi::OsStr::new).collect())
+    /// On a local output, does the renames `from → to` (keys) whose source folder holds exactly their files, all
+    /// bound for one folder that does not exist yet, as one rename of that folder ([`move_whole_folders`]), and
+    /// returns the `from` keys so moved; the caller renames the others. Not synced ([`Output::sync`]); on S3,
+    /// nothing. A partition new to a dataset thus costs no `mkdir` at commit.
+    pub fn rename_whole_folders(&self, moves: &[(String, String)]) -> Result<HashSet<String>> {
+        let Output::Local { root } = self else { return Ok(HashSet::new()) };
+        let paths: Vec<(PathBuf, PathBuf)> = moves.iter().map(|(from, to)| (root.join(from), root.join(to))).collect();
+        let folders = move_whole_folders(&paths)?;
+        Ok(moves
+            .iter()
+            .zip(&paths)
+            .filter(|(_, (from, _))| from.parent().is_some_and(|p| folders.contains(p)))
+            .map(|((from, _), _)| from.clone())
+            .collect())
     }
 
     /// Makes the local renames and writes so far durable (a local output; S3 has nothing to sync).
@@ -663,10 +653,32 @@ fn sync_filesystem(root: &Path, written: impl Iterator<Item = PathBuf>) -> Resul
     }
 }
 
+/// Of the local moves `from → to`, groups those by source folder; a folder whose files all keep their names and go
+/// to one target folder is moved by [`move_folder_if_new`]. Returns the source folders so moved.
+fn move_whole_folders(moves: &[(PathBuf, PathBuf)]) -> Result<HashSet<PathBuf>> {
+    let mut groups: BTreeMap<&Path, (&Path, BTreeSet<&OsStr>)> = BTreeMap::new();
+    let mut mixed: HashSet<&Path> = HashSet::new();
+    for (from, to) in moves {
+        let (Some(src), Some(dst), Some(name)) = (from.parent(), to.parent(), from.file_name()) else { continue };
+        let group = groups.entry(src).or_insert_with(|| (dst, BTreeSet::new()));
+        if group.0 != dst || to.file_name() != Some(name) {
+            mixed.insert(src);
+        }
+        group.1.insert(name);
+    }
+    let mut moved = HashSet::new();
+    for (src, (dst, names)) in groups {
+        if !mixed.contains(src) && move_folder_if_new(src, dst, names)? {
+            moved.insert(src.to_path_buf());
+        }
+    }
+    Ok(moved)
+}
+
 /// Renames the folder `from` to `to` when `to` does not exist and `from` holds exactly the entries `names`;
 /// whether it did. Linux only, where [`sync_filesystem`] makes the rename durable with the rest (elsewhere each
 /// file's folder is synced after its own rename, which a folder rename would skip).
-fn move_folder_if_new(from: &Path, to: &Path, names: std::collections::BTreeSet<&std::ffi::OsStr>) -> Result<bool> {
+fn move_folder_if_new(from: &Path, to: &Path, names: BTreeSet<&OsStr>) -> Result<bool> {
     if !cfg!(target_os = "linux") || std::fs::symlink_metadata(to).is_ok() {
         return Ok(false);
     }
@@ -794,12 +806,16 @@ mod tests {
         assert!(spool.join("busy/open.parquet.tmp").exists(), "a file not put stays in the spool");
         assert!(!root.join("out/st/busy/open.parquet.tmp").exists(), "and does not reach the output");
         // the dataset side: a partition folder new to the dataset moves whole, an existing one does not
-        assert!(!out.move_new_folder("st/new", "ds/new", &["a.parquet", "x.parquet"]).unwrap(), "a name not there");
-        assert!(!out.move_new_folder("st/new", "ds/new", &["a.parquet"]).unwrap(), "an entry not named");
-        assert!(out.move_new_folder("st/new", "ds/new", &["b.parquet", "a.parquet"]).unwrap());
+        let renames = |folder: &str, to: &str, names: &[&str]| -> Vec<(String, String)> {
+            names.iter().map(|n| (format!("st/{folder}/{n}"), format!("ds/{to}/{n}"))).collect()
+        };
+        assert!(out.rename_whole_folders(&renames("new", "new", &["a.parquet", "x.parquet"])).unwrap().is_empty(), "a name not there");
+        assert!(out.rename_whole_folders(&renames("new", "new", &["a.parquet"])).unwrap().is_empty(), "an entry not named");
+        let moved = out.rename_whole_folders(&renames("new", "new", &["b.parquet", "a.parquet"])).unwrap();
+        assert_eq!(moved, ["st/new/a.parquet".to_string(), "st/new/b.parquet".to_string()].into_iter().collect());
         assert_eq!(std::fs::read_to_string(root.join("out/ds/new/b.parquet")).unwrap(), "b");
-        assert!(!out.move_new_folder("st/exists", "ds/new", &["c.parquet", "old.parquet"]).unwrap(), "the target exists");
-        assert!(!out.move_new_folder("st/exists", "ds/other", &["c.parquet"]).unwrap(), "two entries, one expected");
+        assert!(out.rename_whole_folders(&renames("exists", "new", &["c.parquet", "old.parquet"])).unwrap().is_empty(), "the target exists");
+        assert!(out.rename_whole_folders(&renames("exists", "other", &["c.parquet"])).unwrap().is_empty(), "two entries, one expected");
         assert!(root.join("out/st/exists/c.parquet").exists() && !root.join("out/ds/other").exists());
         let _ = std::fs::remove_dir_all(&root);
     }
